@@ -13,7 +13,7 @@ Head types (the original's `highway_type` names):
 - `self_attention`: full multi-head self-attention over the patch tokens.
 - `vit` (ViT-EE): one extra transformer layer, then the `linear` head.
 - `LGViT`: local perception heads on the shallow exits and global aggregation heads on the deep ones
-  (`lgvit_layout`).
+  (`lgvit_layout`; on Swin `swin_lgvit_layout`).
 """
 
 from __future__ import annotations
@@ -87,6 +87,16 @@ def lgvit_layout(num_exits: int) -> list[str]:
     local = ["conv1_1"] * ((num_local + 1) // 2) + ["conv2_1"] * (num_local // 2)
     global_ = ["attention_r2"] * ((num_global + 1) // 2) + ["attention_r3"] * (num_global // 2)
     return local + global_
+
+
+def swin_lgvit_layout(num_exits: int) -> list[str]:
+    """Head types of the LGViT layout on Swin, shallow to deep over all stages.
+
+    The DeiT rule (`lgvit_layout`) with every global aggregation stride one smaller (r2 -> r1, r3 -> r2), since
+    Swin's deep stages have small grids (14x14 and 7x7 at 224 px). For the paper's 8 exits this is the original Swin
+    layout: conv1_1 x2, conv2_1 x2, attention_r1 x2, attention_r2 x2 (global layers 4..23 of Swin-B).
+    """
+    return [f"attention_r{ratio - 1}" if (ratio := global_ratio(head)) else head for head in lgvit_layout(num_exits)]
 
 
 def exit_head_types(highway_type: str, num_exits: int) -> list[str]:
@@ -192,7 +202,8 @@ class SelfAttentionMixer(nn.Module):
 
     def __init__(self, width: int, num_heads: int):
         super().__init__()
-        self.attention = DeiTAttention(DeiTConfig(hidden_size=width, num_attention_heads=num_heads))
+        config = DeiTConfig(hidden_size=width, num_attention_heads=num_heads, attn_implementation="sdpa")
+        self.attention = DeiTAttention(config)
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return self.attention(tokens)[0]
@@ -305,7 +316,8 @@ class TransformerLayerHead(nn.Module):
                  layer_norm_eps: float):
         super().__init__()
         layer_config = DeiTConfig(hidden_size=layout.width, num_attention_heads=num_heads,
-                                  intermediate_size=intermediate_size, layer_norm_eps=layer_norm_eps)
+                                  intermediate_size=intermediate_size, layer_norm_eps=layer_norm_eps,
+                                  attn_implementation="sdpa")
         self.layer = DeiTLayer(layer_config)
         self.classifier = build_linear_head(layout, num_labels, layer_norm_eps)
 

@@ -46,6 +46,13 @@ class HighwayMixin:
         for module in self.frozen_modules():
             module.requires_grad_(not frozen)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As PreTrainedModel.from_pretrained; loading creates fresh parameters, so stage-2 freezing is re-applied."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.apply_freezing()
+        return model
+
     def train(self, mode: bool = True):
         """As nn.Module.train, but a frozen backbone stays in eval mode (no dropout or drop-path in the teacher)."""
         super().train(mode)

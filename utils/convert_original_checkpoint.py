@@ -56,9 +56,9 @@ def _rename_head(name: str, head_type: str) -> str:
         return "layer." + _rename_block(name[len("layer."):])
     if head_type == "vit" and name.startswith("classifier."):
         return "classifier." + _rename_head(name[len("classifier."):], "linear")
-    if name.startswith("mlp.attention."):  # the self_attention head: a 4.x DeiTSelfAttention + output dense
-        return "mlp.attention." + {"query": "q_proj", "key": "k_proj", "value": "v_proj"}[
-            name.split(".")[2]] + name[len("mlp.attention.") + len(name.split(".")[2]):]
+    # The self_attention head held a 4.x self-attention (query/key/value) and its output dense separately.
+    if match := re.fullmatch(r"mlp\.attention\.(query|key|value)\.(.*)", name):
+        return f"mlp.attention.{match.group(1)[0]}_proj.{match.group(2)}"
     if name.startswith("mlp.output.dense."):
         return "mlp.attention.o_proj." + name[len("mlp.output.dense."):]
     for old, new in (("pooler.dense.", "pooler."), ("cls_classifier.", "classifiers.0."),
