@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Train and evaluate DeiT/ViT/Swin classifiers with early exits: every LGViT stage from one entry point.
+
+- base fine-tuning: `--num_early_exits 0`;
+- stage 1 (exits trained with the backbone): e.g. `--highway_type LGViT --num_early_exits 8
+  --train_strategy alternating_weighted`;
+- stage 2 (self-distillation, backbone frozen): `--model_name_or_path <stage-1 dir> --train_strategy
+  distillation_LGViT`;
+- evaluation only: `--do_train False --do_eval`.
+
+Arguments come from the command line, or from a JSON/YAML file followed by command-line overrides:
+`python run_classification.py configs/digits_stage1.yaml --output_dir outputs/x`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from transformers import ViTImageProcessor, set_seed
+
+from utils.arguments import parse_arguments
+from utils.checkpoints import resume_checkpoint
+from utils.data import label_names, load_datasets
+from utils.metrics import build_compute_metrics
+from utils.model_setup import check_label_count, load_config, load_model, num_layers
+from utils.reporting import configure_wandb, setup_logging
+from utils.trainer import ExitTrainer
+from utils.transforms import ImageTransform, augmentation, build_transforms, collate_fn, image_normalization
+
+logger = logging.getLogger(__name__)
+
+
+def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
+    """Run one stage; returns the evaluation metrics (empty without --do_eval)."""
+    model_args, data_args, training_args = parse_arguments(args)
+    setup_logging(training_args)
+    configure_wandb(training_args.report_to)
+    logger.info("Training/evaluation parameters %s", training_args)
+    checkpoint = resume_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
+    if training_args.do_train and "train" not in dataset:
+        raise ValueError("--do_train needs a training split: give --train_dir or a dataset with a train split.")
+    if training_args.do_eval and "validation" not in dataset:
+        raise ValueError("--do_eval needs an evaluation split: give --validation_dir or a dataset with one.")
+    labels = label_names(dataset)
+
+    check_label_count(model_args, labels)
+    config = load_config(model_args, labels)
+    model = load_model(model_args, config)
+
+    image_size = config.image_size
+    mean, std = image_normalization(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                    revision=model_args.model_revision, token=model_args.token)
+    train_transform, eval_transform = build_transforms(image_size, mean, std, **augmentation(data_args))
+    if "train" in dataset:
+        dataset["train"].set_transform(ImageTransform(train_transform))
+    if "validation" in dataset:
+        dataset["validation"].set_transform(ImageTransform(eval_transform))
+    # Saved with every checkpoint so later stages and users normalise the same way.
+    size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    image_processor = ViTImageProcessor(size={"height": size[0], "width": size[1]}, image_mean=mean, image_std=std)
+
+    trainer = ExitTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"] if training_args.do_train else None,
+        eval_dataset=dataset["validation"] if training_args.do_eval else None,
+        data_collator=collate_fn,
+        compute_metrics=build_compute_metrics(num_layers(config)),
+        processing_class=image_processor,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+
+    metrics: dict[str, float] = {}
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(dataset["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

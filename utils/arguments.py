@@ -1,0 +1,181 @@
+"""Command-line arguments of `run_classification.py` and their parsing (CLI, a JSON/YAML file, or a dict)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+from transformers import TrainingArguments as HfTrainingArguments
+
+# Model fields that override the loaded config when given (None keeps the checkpoint's value).
+MODEL_CONFIG_FIELDS = (
+    "backbone", "highway_type", "num_early_exits", "position_exits", "exit_strategy", "threshold", "patience",
+    "train_strategy", "loss_coefficient", "homo_coefficient", "hete_coefficient", "freeze_backbone",
+)
+
+
+def parse_literal(name: str, value: Any) -> Any:
+    """Turn the command line's text form of a number or list ("0.8", "[4,5,6]", "4,5,6") into a value.
+
+    Values that are already numbers or lists (from a dict, JSON or YAML) pass through unchanged.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    if "," in text and not text.startswith("["):
+        text = f"[{text}]"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`{name}`={value!r} is not a number or a list such as [4,5,6].") from error
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from and the early-exit settings; every early-exit field left at None keeps the
+    value of the loaded config (or the model defaults when training from a bare config)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint directory or hub id to start from (None: train from scratch)."}
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config JSON file or directory; with no model_name_or_path, from scratch."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub models and datasets are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a hub model."})
+    token: str | None = field(default=None, metadata={"help": "HF token for gated hub models and datasets."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise checkpoint weights whose shape differs (new label count)."}
+    )
+    backbone: str | None = field(default=None, metadata={"help": "ViT (cls token) or DeiT (cls + distillation)."})
+    highway_type: str | None = field(
+        default=None,
+        metadata={"help": "Exit head: linear, conv_normal, conv1_1, conv2_1, attention_rN, self_attention, vit, LGViT."},
+    )
+    num_early_exits: str | None = field(
+        default=None, metadata={"help": "Number of exits, 0 = plain classifier (Swin: per stage, '[0,1,6,1]')."}
+    )
+    position_exits: str | None = field(
+        default=None, metadata={"help": "1-based exit layers, e.g. '[4,5,6,7,8,9,10,11]' (quote it in shells)."}
+    )
+    exit_strategy: str | None = field(
+        default=None, metadata={"help": "entropy, confidence, patience or patient_and_confident."}
+    )
+    threshold: str | None = field(default=None, metadata={"help": "One threshold, or a list with one per exit."})
+    patience: int | None = field(default=None, metadata={"help": "Exits in a row for patience strategies."})
+    train_strategy: str | None = field(
+        default=None,
+        metadata={"help": "normal, weighted, alternating, alternating_weighted, distillation, distillation_LGViT."},
+    )
+    loss_coefficient: float | None = field(default=None, metadata={"help": "Weight of prediction distillation."})
+    homo_coefficient: float | None = field(default=None, metadata={"help": "Weight of homogeneous distillation."})
+    hete_coefficient: float | None = field(default=None, metadata={"help": "Weight of heterogeneous distillation."})
+    freeze_backbone: bool | None = field(
+        default=None, metadata={"help": "Stage 2: train only the exit heads (implied by distillation_LGViT)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is None and self.config_name is None:
+            raise ValueError("Give --model_name_or_path (a checkpoint) or --config_name (a config file, from scratch).")
+        self.num_early_exits = parse_literal("num_early_exits", self.num_early_exits)
+        self.position_exits = parse_literal("position_exits", self.position_exits)
+        self.threshold = parse_literal("threshold", self.threshold)
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The early-exit fields that were set, ready to override the loaded config."""
+        return {name: getattr(self, name) for name in MODEL_CONFIG_FIELDS if getattr(self, name) is not None}
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset (cifar100, Food101, Maysee/tiny-imagenet, imagenet-1k) or 'digits' (offline)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder: one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out when the dataset has no evaluation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation samples."})
+    horizontal_flip: bool | None = field(
+        default=None, metadata={"help": "Random horizontal flips in training (default: on, off for digits)."}
+    )
+    min_crop_scale: float | None = field(
+        default=None,
+        metadata={"help": "Smallest area fraction of RandomResizedCrop (default: 0.08 as the original; digits 0.5)."},
+    )
+    image_column_name: str | None = field(default=None, metadata={"help": "Image column (detected if not given)."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Label column (detected if not given)."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
+            raise ValueError("Give --dataset_name (e.g. digits, cifar100) or --train_dir/--validation_dir folders.")
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"--train_val_split={self.train_val_split} must be between 0 and 1.")
+        if self.min_crop_scale is not None and not 0.0 < self.min_crop_scale <= 1.0:
+            raise ValueError(f"--min_crop_scale={self.min_crop_scale} must be in (0, 1].")
+
+
+@dataclass
+class TrainingArguments(HfTrainingArguments):
+    """transformers' TrainingArguments with two changes: `overwrite_output_dir`, which transformers 5 dropped, is
+    back (the original rule: a non-empty output dir is an error unless overwriting or resuming), and
+    `remove_unused_columns` defaults to False (the original scripts always passed that)."""
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty output dir instead of resuming from its checkpoint."}
+    )
+    # The collator needs the `image` column, which the model's forward does not take.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (images are decoded late)."})
+
+    def __post_init__(self) -> None:
+        if self.remove_unused_columns:
+            raise ValueError("--remove_unused_columns must be False: the transforms read the `image` column.")
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
+
+
+def read_argument_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML file of arguments into a dict."""
+    text = Path(path).read_text(encoding="utf-8")
+    values = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    return values
+
+
+def parse_arguments(
+    args: list[str] | dict[str, Any] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
+    """Parse the arguments from a dict, or from a command line whose first item may be a JSON/YAML file.
+
+    Command-line flags after the file override its values: `run_classification.py configs/x.yaml --seed 1`.
+    """
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if isinstance(args, dict):
+        return parser.parse_dict(args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        defaults = read_argument_file(argv.pop(0))
+        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ValueError(f"Unknown arguments in the argument file: {unknown}")
+        # argparse does not apply `type` to defaults, so file values keep their JSON/YAML types.
+        parser.set_defaults(**defaults)
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
