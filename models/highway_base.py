@@ -27,6 +27,8 @@ class HighwayMixin:
     """
 
     exits: nn.ModuleList
+    # Stage-2 losses by `train_strategy`; a backbone whose heads hand out other features may swap in its own table.
+    stage2_losses: dict = STAGE2_LOSSES
 
     def exit_after_layer(self) -> dict[int, int]:
         """0-based block index -> exit index."""
@@ -119,5 +121,5 @@ class HighwayMixin:
         if not outputs.exit_logits:
             return F.cross_entropy(outputs.final_logits, labels)
         settings = LossSettings(config.loss_coefficient, config.homo_coefficient, config.hete_coefficient)
-        table = STAGE2_LOSSES if config.frozen_backbone else STAGE1_LOSSES
+        table = self.stage2_losses if config.frozen_backbone else STAGE1_LOSSES
         return table[config.train_strategy](outputs, labels, settings, step)

@@ -158,6 +158,21 @@ def check_lgvit_distillation_layout(head_types: list[str]) -> None:
         )
 
 
+def lgvit_prediction_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings) -> torch.Tensor:
+    """Prediction part of `distillation_LGViT`: (1 - a) * sum of exit cross-entropies + a * sum of exit KDs."""
+    alpha = settings.loss_coefficient
+    teacher = outputs.final_logits.detach()
+    ce = torch.stack(_exit_ces(outputs, labels)).sum()
+    kd = torch.stack([prediction_distillation(logits, teacher, settings.temperature)
+                      for logits in outputs.exit_logits]).sum()
+    return (1 - alpha) * ce + alpha * kd
+
+
+def heterogeneous_exits(group: list[int]) -> list[int]:
+    """The exits of a head group that take heterogeneous distillation: its first and its last."""
+    return list(dict.fromkeys((group[0], group[-1])))
+
+
 def lgvit_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings,
                             step: int) -> torch.Tensor:
     """Stage 2 `distillation_LGViT` (paper eq. 8-12): prediction, heterogeneous and homogeneous distillation.
@@ -169,25 +184,20 @@ def lgvit_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings
       global ones through their Gram matrices (MSE), so different token counts compare.
     With the original 8-exit layout this is exactly the original's set of terms.
     """
-    alpha = settings.loss_coefficient
-    teacher = outputs.final_logits.detach()
-    ce = torch.stack(_exit_ces(outputs, labels)).sum()
-    kd = torch.stack([prediction_distillation(logits, teacher, settings.temperature)
-                      for logits in outputs.exit_logits]).sum()
     features, zero = outputs.exit_features, outputs.final_logits.new_zeros(())
     hete, homo = zero, zero
     local, global_ = lgvit_head_groups(outputs.head_types)
     for group, align in ((local, _identity), (global_, gram)):
         if not group:
             continue
-        for index in dict.fromkeys((group[0], group[-1])):
+        for index in heterogeneous_exits(group):
             ratio = global_ratio(outputs.head_types[index]) or 1
             target = sample_grid(outputs.teacher_tokens, outputs.grid, ratio)
             hete = hete + heterogeneous_distillation(features[index], target)
         deepest = features[group[-1]].detach()
         for index in group[:-1]:
             homo = homo + F.mse_loss(align(features[index]), align(deepest))
-    prediction = (1 - alpha) * ce + alpha * kd
+    prediction = lgvit_prediction_loss(outputs, labels, settings)
     return prediction + settings.hete_coefficient * hete + settings.homo_coefficient * homo
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from models import DeiTHighwayConfig, DeiTHighwayForImageClassification, SwinHighwayForImageClassification
 from models.exit_settings import parse_list_string
+from utils.original_swin_checkpoint import convert_swin, is_swin_config
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: DeiTHighwayC
     return converted
 
 
-def convert(original_config: dict, state_dict: dict[str, torch.Tensor]) -> DeiTHighwayForImageClassification:
+def convert(original_config: dict, state_dict: dict[str, torch.Tensor]
+            ) -> DeiTHighwayForImageClassification | SwinHighwayForImageClassification:
     """Build this project's model from an original checkpoint (its config.json dict and state dict)."""
+    if is_swin_config(original_config):
+        return convert_swin(original_config, state_dict)
     config = config_from_original(original_config)
     model = DeiTHighwayForImageClassification(config)
     converted = convert_state_dict(state_dict, config)

@@ -1,0 +1,105 @@
+"""Swin image classifiers with early exits, built on transformers' own Swin modules.
+
+The backbone is transformers' `SwinModel` under the attribute `swin`, next to the final `classifier`, the names of
+transformers' `SwinForImageClassification`: a plain Swin classification checkpoint (e.g.
+microsoft/swin-base-patch4-window7-224) loads as backbone plus final classifier, and only the exit heads are new.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import SwinModel
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.models.swin.modeling_swin import SwinPreTrainedModel
+
+from .configuration_highway_swin import SwinHighwayConfig
+from .heads import TokenLayout, build_exit_head
+from .highway_base import HighwayMixin
+from .pooled_distillation import POOLED_STAGE2_LOSSES
+
+
+class SwinHighwayPreTrainedModel(SwinPreTrainedModel):
+    """transformers' Swin initialisation and loading settings, for `SwinHighwayConfig`."""
+
+    config: SwinHighwayConfig
+    config_class = SwinHighwayConfig
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Swin's init for the backbone and generic init for the heads; the alternation counter starts at 0."""
+        super()._init_weights(module)
+        if isinstance(module, HighwayMixin):
+            init.zeros_(module.training_forwards)
+
+
+class SwinHighwayForImageClassification(HighwayMixin, SwinHighwayPreTrainedModel):
+    """Swin classifier with early-exit heads after chosen blocks.
+
+    Differences from transformers' `SwinForImageClassification`:
+    - blocks run one at a time (patch merging after a stage's last block) so exits can read each block's output
+      before patch merging and samples can leave early (per sample, any batch size);
+    - exit heads in `exits`, in layer order, each built for the width and grid of its stage;
+    - exit layers count blocks over all stages, 1-based (Swin-B: 1..24).
+    The final prediction is transformers' Swin head: `classifier` on the token mean of `swin.layernorm`'s output.
+    """
+
+    stage2_losses = POOLED_STAGE2_LOSSES
+
+    def __init__(self, config: SwinHighwayConfig):
+        super().__init__(config)
+        config.check()
+        self.swin = SwinModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(self.swin.num_features, config.num_labels)
+        grids, widths = config.stage_grids(), config.stage_widths()
+        self.exits = nn.ModuleList(
+            build_exit_head(head_type, TokenLayout(widths[stage], 0, grids[stage]), config.num_labels,
+                            config.num_heads[stage], int(config.mlp_ratio * widths[stage]), config.layer_norm_eps)
+            for head_type, stage in zip(config.head_types(), config.exit_stages())
+        )
+        # Global block index -> (stage, block within the stage).
+        self.block_index = [(stage, block) for stage, depth in enumerate(config.depths) for block in range(depth)]
+        self.grids = grids
+        self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
+        self.post_init()
+        self.apply_freezing()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.swin, self.classifier]
+
+    def num_layers(self) -> int:
+        return self.config.total_layers
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        embeddings = self.swin.embeddings
+        hidden, grid = embeddings(pixel_values.to(embeddings.patch_embeddings.projection.weight.dtype))
+        if tuple(grid) != self.grids[0]:
+            raise ValueError(
+                f"Images of {tuple(pixel_values.shape[-2:])} pixels give a {grid[0]}x{grid[1]} patch grid, but the "
+                f"exit heads are built for `image_size`={self.config.image_size}; resize the images."
+            )
+        return hidden
+
+    def run_layer(self, index: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run block `index`; after a stage's last block, the next input is the patch-merged output."""
+        stage_index, block = self.block_index[index]
+        stage, grid = self.swin.encoder.layers[stage_index], self.grids[stage_index]
+        tapped = stage.blocks[block](hidden, grid)[0]
+        if block == len(stage.blocks) - 1 and stage.downsample is not None:
+            return tapped, stage.downsample(tapped, grid)
+        return tapped, tapped
+
+    def final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """transformers' Swin head: final LayerNorm, token mean, classifier."""
+        return self.classifier(self.swin.layernorm(hidden).mean(1))
+
+    def teacher_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The last block's tokens after the final LayerNorm (their mean is what `classifier` reads) and grid."""
+        return self.swin.layernorm(hidden), self.grids[-1]
+
+
+# transformers maps the 4.x Swin names of saved checkpoints (attention.self.query, ...) to its 5.x modules by model
+# type; this model type reuses that mapping, so plain Swin checkpoints load and saved ones keep the 4.x names.
+register_checkpoint_conversion_mapping(SwinHighwayConfig.model_type, get_checkpoint_conversion_mapping("swin"),
+                                       overwrite=True)
