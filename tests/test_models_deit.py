@@ -8,6 +8,7 @@ from transformers import AutoModelForImageClassification, DeiTConfig, ViTConfig,
 from transformers.models.deit.modeling_deit import DeiTForImageClassificationWithTeacher
 
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from models.exiting import ExitCriterion, decide_from_logits
 
 HEAD_TYPES = ["linear", "conv_normal", "conv1_1", "conv2_1", "attention_r1", "attention_r2", "self_attention", "vit",
               "LGViT"]
@@ -96,6 +97,11 @@ def test_batched_decisions_equal_batch_size_one(backbone, criterion):
         assert batched.exit_layer.tolist() == [out.exit_layer.item() for out in single]
         torch.testing.assert_close(batched.logits, torch.cat([out.logits for out in single]), atol=1e-5,
                                    rtol=1e-4)
+        # The same decisions from logits cached with every exit computed (what threshold sweeps use).
+        offline = decide_from_logits(ExitCriterion(model.config.exit_settings()), list(scores.exit_logits),
+                                     scores.final_logits, model.config.exit_positions(), model.num_layers())
+        assert offline.exit_layer.tolist() == batched.exit_layer.tolist()
+        torch.testing.assert_close(offline.logits, batched.logits, atol=1e-5, rtol=1e-4)
 
 
 def test_early_exit_false_computes_every_exit_for_the_whole_batch():

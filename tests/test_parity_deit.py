@@ -83,3 +83,21 @@ def test_stage2_losses(case, run):
     model.train()
     loss = model(INPUTS["pixel_values"], labels=INPUTS["labels"]).loss
     assert loss.item() == pytest.approx(spec["loss"], rel=1e-4)
+
+
+def test_command_line_conversion_writes_a_loadable_directory(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageClassification
+
+    from utils.convert_original_checkpoint import main
+
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "config.json").write_text(json.dumps(CASES["vit_lgvit"]["original_config"]))
+    save_file(load_file(FIXTURES / "vit_lgvit.weights.safetensors"), original / "model.safetensors")
+    main([str(original), str(tmp_path / "converted")])
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "converted").eval()
+    expected = load_file(FIXTURES / "vit_lgvit.expected.safetensors")
+    with torch.no_grad():
+        outputs = model(INPUTS["pixel_values"], early_exit=False)
+    torch.testing.assert_close(outputs.exit_logits[7], expected["exit7_logits"], **TOLERANCE)
