@@ -64,7 +64,7 @@ class HighwayMixin:
         return self
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                early_exit: bool | None = None, **kwargs) -> HighwayClassifierOutput:
+                early_exit: bool | None = None) -> HighwayClassifierOutput:
         """Classify `pixel_values` (B, 3, H, W).
 
         Args:
