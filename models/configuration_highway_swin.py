@@ -39,10 +39,11 @@ class SwinHighwayConfig(SwinConfig):
     heads [4, 8, 16, 32]. "Layer" means one Swin block, numbered 1..sum(depths) over all stages (24 for Swin-B);
     an exit reads its block's output before patch merging.
 
+    backbone (`str`, defaults to `"Swin"`): always "Swin"; the field exists so every config names its backbone.
     highway_type (`str`, defaults to `"linear"`): exit head type, see `models.heads`; `"LGViT"` follows
         `models.heads.swin_lgvit_layout` over all exits, shallow to deep.
     num_early_exits (`list[int]`, defaults to `[0, 1, 6, 1]`): number of exits in each stage. The original's string
-        form "[0,1,6,1]" is accepted and converted once.
+        form "[0,1,6,1]" is accepted and converted once; a plain 0 means no exits (a plain classifier).
     position_exits (`list[list[int]]`, *optional*): per stage, the 1-based blocks *within the stage* read by its
         exits, e.g. [[], [2], [3, 6, 9, 12, 15, 18], [1]]; the string form is accepted. None spreads each stage's
         exits evenly so the last one reads the stage's last block (in the last stage, the block before the last):
@@ -67,8 +68,9 @@ class SwinHighwayConfig(SwinConfig):
     embed_dim: int = 128
     depths: list[int] | tuple[int, ...] = (2, 2, 18, 2)
     num_heads: list[int] | tuple[int, ...] = (4, 8, 16, 32)
+    backbone: str = "Swin"
     highway_type: str = "linear"
-    num_early_exits: list[int] | tuple[int, ...] | str = (0, 1, 6, 1)
+    num_early_exits: list[int] | tuple[int, ...] | str | int = (0, 1, 6, 1)
     position_exits: list[list[int]] | str | None = None
     exit_strategy: str = "confidence"
     threshold: float | int | list[float | int] | None = None
@@ -83,6 +85,8 @@ class SwinHighwayConfig(SwinConfig):
         self.depths = _as_int_list(self.depths)
         self.num_heads = _as_int_list(self.num_heads)
         self.num_early_exits = _as_int_list(parse_list_string("num_early_exits", self.num_early_exits))
+        if self.num_early_exits == 0:
+            self.num_early_exits = [0] * len(self.depths)
         self.position_exits = parse_list_string("position_exits", self.position_exits)
         if isinstance(self.threshold, str):
             self.threshold = parse_list_string("threshold", self.threshold)
@@ -164,6 +168,7 @@ class SwinHighwayConfig(SwinConfig):
 
     def check(self) -> None:
         """Validate the early-exit fields together; raises ValueError naming the field and the allowed values."""
+        check_choice("backbone", self.backbone, ("Swin",))
         check_head_type(self.highway_type)
         self._check_stage_lists()
         check_training_fields(self.train_strategy, self.loss_coefficient, self.homo_coefficient,
@@ -196,7 +201,7 @@ class SwinHighwayConfig(SwinConfig):
         if isinstance(counts, int):
             raise ValueError(
                 f"`num_early_exits`={counts} must count exits per stage on Swin, e.g. [0, 1, 6, 1] for "
-                f"{num_stages} stages."
+                f"{num_stages} stages (or 0 for none)."
             )
         if not isinstance(counts, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                                    for n in counts):

@@ -203,6 +203,14 @@ def test_plain_transformers_swin_checkpoint_loads_as_backbone_and_classifier(tmp
         torch.testing.assert_close(model(images(), early_exit=False).final_logits, plain(images()).logits)
 
 
+def test_zero_exits_make_a_plain_swin_classifier():
+    model = tiny_model(num_early_exits=0).eval()
+    assert model.config.num_early_exits == [0, 0, 0] and len(model.exits) == 0
+    with torch.no_grad():
+        outputs = model(images())
+    assert outputs.exit_layer.tolist() == [7] * 4
+
+
 def test_images_of_another_size_are_refused():
     with pytest.raises(ValueError, match="image_size"):
         tiny_model().eval()(torch.randn(1, 3, 64, 64))
@@ -211,6 +219,7 @@ def test_images_of_another_size_are_refused():
 @pytest.mark.parametrize("fields,message", [
     (dict(num_early_exits=[1, 2]), "one exit count per stage"),
     (dict(num_early_exits=4), "per stage"),
+    (dict(backbone="ViT"), "backbone"),
     (dict(num_early_exits="[1,2,1"), "num_early_exits"),
     (dict(num_early_exits=[3, 0, 0]), "do not fit stage 1"),
     (dict(position_exits=[[2], [1, 3]]), "one list per stage"),
