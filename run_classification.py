@@ -27,7 +27,8 @@ from utils.metrics import build_compute_metrics
 from utils.model_setup import check_label_count, load_config, load_model, num_layers
 from utils.reporting import configure_wandb, setup_logging
 from utils.trainer import ExitTrainer
-from utils.transforms import ImageTransform, augmentation, build_transforms, collate_fn, image_normalization
+from utils.image_dataset import ImageDataset, collate_fn
+from utils.transforms import augmentation, build_transforms, image_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     mean, std = image_normalization(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
                                     revision=model_args.model_revision, token=model_args.token)
     train_transform, eval_transform = build_transforms(image_size, mean, std, **augmentation(data_args))
-    if "train" in dataset:
-        dataset["train"].set_transform(ImageTransform(train_transform))
-    if "validation" in dataset:
-        dataset["validation"].set_transform(ImageTransform(eval_transform))
+    train_dataset = eval_dataset = None
+    if training_args.do_train:
+        train_dataset = ImageDataset(dataset["train"], train_transform, seed=training_args.seed)
+    if training_args.do_eval:
+        eval_dataset = ImageDataset(dataset["validation"], eval_transform)
     # Saved with every checkpoint so later stages and users normalise the same way.
     size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
     image_processor = ViTImageProcessor(size={"height": size[0], "width": size[1]}, image_mean=mean, image_std=std)
@@ -67,8 +69,8 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     trainer = ExitTrainer(
         model=model,
         args=training_args,
-        train_dataset=dataset["train"] if training_args.do_train else None,
-        eval_dataset=dataset["validation"] if training_args.do_eval else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=collate_fn,
         compute_metrics=build_compute_metrics(num_layers(config)),
         processing_class=image_processor,
@@ -84,7 +86,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if training_args.do_eval:
         metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(dataset["validation"])
+        metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     return metrics

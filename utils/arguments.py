@@ -144,6 +144,9 @@ class TrainingArguments(HfTrainingArguments):
     def __post_init__(self) -> None:
         if self.remove_unused_columns:
             raise ValueError("--remove_unused_columns must be False: the transforms read the `image` column.")
+        if self.dataloader_persistent_workers:
+            # Workers would keep the epoch they started with, and so repeat the first epoch's augmentations.
+            raise ValueError("--dataloader_persistent_workers is not supported (per-epoch augmentation seeds).")
         super().__post_init__()
 
 

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
+
+from .image_dataset import EpochCallback, ImageDataset
+
+logger = logging.getLogger(__name__)
 
 
 class ExitTrainer(Trainer):
-    """`Trainer` with two changes.
+    """`Trainer` with these changes.
 
     - `prediction_step` returns `(logits, exit_layer)` as the predictions. The model runs in eval mode, so every sample leaves at its own exit whatever the eval batch size. Returning
     `exit_layer` beside the logits lets the unchanged evaluation loop gather it from every distributed rank (and
     drop the samples the distributed sampler duplicated), so the exit statistics cover the whole eval set; the
     original kept only rank 0's exits. `compute_metrics` (see `utils.metrics`) turns them into exit counts.
     """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        logger.info("Loading model weights from %s.", resume_from_checkpoint)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(loaded.state_dict())
+
+    def _load_best_model(self) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            super()._load_best_model()
+            return
+        logger.info("Loading best model from %s (score: %s).", self.state.best_model_checkpoint,
+                    self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def prediction_step(
         self,

@@ -1,4 +1,4 @@
-"""Image transforms (the original's torchvision pipeline) and the batch collator that skips undecodable images."""
+"""Image transforms: the original's torchvision pipeline, with per-dataset augmentation defaults."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-from datasets import Image as ImageFeature
-from PIL import Image as PILImage
 from torchvision import transforms as T
 from transformers import AutoImageProcessor
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -58,35 +55,3 @@ def build_transforms(
     train = T.Compose([T.RandomResizedCrop(size, scale=(min_crop_scale, 1.0)), *flip, *normalize])
     evaluation = T.Compose([T.Resize(min(size)), T.CenterCrop(size), *normalize])
     return train, evaluation
-
-
-def decode_rgb(value: dict[str, Any]) -> PILImage.Image | None:
-    """Decode an undecoded `datasets` image (path and/or bytes) into RGB; None, with a warning, if it fails."""
-    try:
-        return ImageFeature().decode_example(value).convert("RGB")
-    except Exception as error:  # truncated or corrupt data surfaces as many PIL error types
-        logger.warning("Skipping unreadable image %s: %s", value.get("path") or "<bytes>", error)
-        return None
-
-
-class ImageTransform:
-    """`set_transform` callable: decodes a batch of rows and applies `transform`; failures become None."""
-
-    def __init__(self, transform: Callable) -> None:
-        self.transform = transform
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images = [decode_rgb(value) for value in batch["image"]]
-        pixel_values = [None if image is None else self.transform(image) for image in images]
-        return {"pixel_values": pixel_values, "labels": batch["labels"]}
-
-
-def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack a batch, leaving out the samples whose image could not be decoded."""
-    examples = [example for example in examples if example["pixel_values"] is not None]
-    if not examples:
-        raise RuntimeError("Every image of a batch failed to decode; see the warnings above for the files.")
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
-    }

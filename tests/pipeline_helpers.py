@@ -1,0 +1,66 @@
+"""Shared set-up of the pipeline tests: a tiny DeiT config and the arguments of each stage on the digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# 4 layers of hidden size 32 on 16x16 inputs with 4x4 patches (a 4x4 grid, enough for the r2/r3 LGViT heads).
+TINY_CONFIG = {
+    "model_type": "deit_highway",
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 16,
+    "patch_size": 4,
+    "num_early_exits": 0,
+}
+NUM_LAYERS = TINY_CONFIG["num_hidden_layers"]
+
+
+def write_tiny_config(directory: Path) -> str:
+    path = directory / "tiny_deit.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return str(path)
+
+
+def run_args(output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Arguments of a short run on a slice of the digits (train and evaluate), updated by `overrides`."""
+    args = {
+        "dataset_name": "digits",
+        "output_dir": str(output_dir),
+        "do_train": True,
+        "do_eval": True,
+        "max_train_samples": 96,
+        "max_eval_samples": 45,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1e-3,
+        "max_steps": 3,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 777,
+    }
+    args.update(overrides)
+    return args
+
+
+def stage1_args(output_dir: Path, base_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Stage 1 from a base checkpoint: three LGViT exits on layers 1-3, alternating weighted loss."""
+    return run_args(
+        output_dir,
+        model_name_or_path=str(base_dir),
+        highway_type="LGViT",
+        num_early_exits=3,
+        train_strategy="alternating_weighted",
+        exit_strategy="confidence",
+        threshold="0.5",
+        **overrides,
+    )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
