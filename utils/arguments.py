@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 from transformers import TrainingArguments as HfTrainingArguments
@@ -131,9 +133,10 @@ class DataTrainingArguments:
 
 @dataclass
 class TrainingArguments(HfTrainingArguments):
-    """transformers' TrainingArguments with two changes: `overwrite_output_dir`, which transformers 5 dropped, is
-    back (the original rule: a non-empty output dir is an error unless overwriting or resuming), and
-    `remove_unused_columns` defaults to False (the original scripts always passed that)."""
+    """transformers' TrainingArguments with these changes: `overwrite_output_dir`, which transformers 5 dropped, is
+    back (the original rule: a non-empty output dir is an error unless overwriting or resuming);
+    `remove_unused_columns` defaults to False (the original scripts always passed that); a multi-process launch
+    (torchrun) on a machine without accelerators turns on `use_cpu`, which CPU distributed runs need."""
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a non-empty output dir instead of resuming from its checkpoint."}
@@ -147,6 +150,10 @@ class TrainingArguments(HfTrainingArguments):
         if self.dataloader_persistent_workers:
             # Workers would keep the epoch they started with, and so repeat the first epoch's augmentations.
             raise ValueError("--dataloader_persistent_workers is not supported (per-epoch augmentation seeds).")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # Without use_cpu, accelerate starts the process group but not distributed mode on a CPU-only
+            # machine: each rank evaluates its shard and nothing is gathered.
+            self.use_cpu = True
         super().__post_init__()
 
 

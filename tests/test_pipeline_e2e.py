@@ -1,0 +1,103 @@
+"""The whole pipeline on the digits with a tiny DeiT: base -> stage 1 -> stage 2 -> evaluation, via main()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import (
+    NUM_LAYERS,
+    median_first_exit_confidence,
+    read_json,
+    run_args,
+    stage1_args,
+    write_tiny_config,
+)
+
+import run_classification
+
+EXIT_KEYS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]
+
+
+def check_eval_metrics(metrics: dict, samples: int) -> None:
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert sum(metrics[key] for key in EXIT_KEYS) == samples == metrics["eval_samples"]
+    average = sum(n * metrics[key] for n, key in enumerate(EXIT_KEYS, start=1)) / samples
+    assert metrics["eval_average_exit_layer"] == pytest.approx(average)
+    assert metrics["eval_speed-up"] == pytest.approx(NUM_LAYERS / average)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run the four stages once; the tests below inspect what they wrote."""
+    root = tmp_path_factory.mktemp("pipeline")
+    dirs = {name: root / name for name in ("base", "stage1", "stage2", "eval")}
+    run_classification.main(run_args(dirs["base"], config_name=write_tiny_config(root)))
+    run_classification.main(stage1_args(dirs["stage1"], dirs["base"], loss_coefficient=0.4))
+    run_classification.main(run_args(dirs["stage2"], model_name_or_path=str(dirs["stage1"]),
+                                     train_strategy="distillation_LGViT", homo_coefficient=0.02))
+    run_classification.main(run_args(dirs["eval"], model_name_or_path=str(dirs["stage2"]), do_train=False))
+    return dirs
+
+
+def test_every_stage_writes_its_files(stages: dict[str, Path]) -> None:
+    for name in ("base", "stage1", "stage2"):
+        for file in ("config.json", "model.safetensors", "preprocessor_config.json", "train_results.json",
+                     "eval_results.json", "all_results.json", "trainer_state.json"):
+            assert (stages[name] / file).is_file(), (name, file)
+    assert (stages["eval"] / "eval_results.json").is_file()
+    assert not (stages["eval"] / "model.safetensors").exists()
+    for name in stages:
+        check_eval_metrics(read_json(stages[name] / "eval_results.json"), samples=45)
+
+
+def test_arguments_reach_the_saved_configs(stages: dict[str, Path]) -> None:
+    base = read_json(stages["base"] / "config.json")
+    assert base["num_early_exits"] == 0 and base["hidden_size"] == 32
+    assert base["id2label"] == {str(d): str(d) for d in range(10)}
+    stage1 = read_json(stages["stage1"] / "config.json")
+    assert stage1["highway_type"] == "LGViT" and stage1["num_early_exits"] == 3
+    assert stage1["train_strategy"] == "alternating_weighted" and stage1["exit_strategy"] == "confidence"
+    assert stage1["threshold"] == 0.5 and stage1["loss_coefficient"] == 0.4
+    # Stage 2 keeps the stage-1 layout and settings it was not told to change.
+    stage2 = read_json(stages["stage2"] / "config.json")
+    assert stage2["train_strategy"] == "distillation_LGViT" and stage2["homo_coefficient"] == 0.02
+    assert stage2["highway_type"] == "LGViT" and stage2["num_early_exits"] == 3 and stage2["loss_coefficient"] == 0.4
+
+
+def test_evaluation_only_reproduces_the_final_evaluation(stages: dict[str, Path]) -> None:
+    trained = read_json(stages["stage2"] / "eval_results.json")
+    evaluated = read_json(stages["eval"] / "eval_results.json")
+    for key in [*EXIT_KEYS, "eval_accuracy", "eval_average_exit_layer", "eval_speed-up"]:
+        assert evaluated[key] == trained[key], key
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_exits_do_not_depend_on_the_eval_batch_size(stages: dict[str, Path], tmp_path: Path, batch_size: int) -> None:
+    threshold = f"{median_first_exit_confidence(stages['stage2'], 45):.6f}"
+    metrics = run_classification.main(run_args(
+        tmp_path, model_name_or_path=str(stages["stage2"]), do_train=False, threshold=threshold,
+        per_device_eval_batch_size=batch_size,
+    ))
+    reference = run_classification.main(run_args(
+        tmp_path / "reference", model_name_or_path=str(stages["stage2"]), do_train=False, threshold=threshold,
+        per_device_eval_batch_size=45,
+    ))
+    check_eval_metrics(metrics, samples=45)
+    assert sum(1 for key in EXIT_KEYS if metrics[key]) >= 2, "the exits should spread over several layers"
+    for key in [*EXIT_KEYS, "eval_accuracy"]:
+        assert metrics[key] == reference[key], key
+
+
+def test_a_file_of_arguments_with_command_line_overrides(stages: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "# evaluation preset\n"
+        f"model_name_or_path: {stages['stage2']}\n"
+        "dataset_name: digits\ndo_train: false\ndo_eval: true\nmax_eval_samples: 45\n"
+        f"output_dir: {tmp_path / 'ignored'}\nreport_to: none\nexit_strategy: entropy\n"
+    )
+    output = tmp_path / "from_file"
+    metrics = run_classification.main([str(config), "--output_dir", str(output), "--max_eval_samples", "20"])
+    assert metrics["eval_samples"] == 20 and (output / "eval_results.json").is_file()
+    assert not (tmp_path / "ignored").exists()
