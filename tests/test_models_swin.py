@@ -125,8 +125,8 @@ def test_lgvit_distillation_on_swin_is_prediction_plus_similarity_terms():
         for index in range(model.num_layers()):
             tapped, hidden = model.run_layer(index, hidden)
         representation = model.swin.layernorm(tapped).mean(1)  # what the final classifier reads
-    kd = [F.kl_div(F.log_softmax(s / 2, 1), F.log_softmax(final / 2, 1), reduction="sum", log_target=True) * 4 / s.numel()
-          for s in logits]
+    kd = [F.kl_div(F.log_softmax(s / 2, 1), F.log_softmax(final / 2, 1), reduction="sum", log_target=True)
+          * 4 / s.numel() for s in logits]
     prediction = 0.7 * sum(F.cross_entropy(s, LABELS) for s in logits) + 0.3 * sum(kd)
     # Local group: exits 0 and 1; global group: exits 2 and 3. Heterogeneous: first and last of each group.
     hete = sum(similarity_distillation(features[i], representation) for i in range(4))

@@ -7,6 +7,7 @@ the exit layout is set through the scripts' environment variables (the default o
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from transformers import SwinConfig, SwinForImageClassification
@@ -30,7 +31,7 @@ def test_swin_scripts_chain_base_stage1_stage2_and_evaluation(tmp_path):
     saved = tmp_path / "saved"
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", DATASET="digits", REPORT_TO="none",
                NUM_GPUS="0", SAVE_ROOT=str(saved), EPOCHS="1", BATCH_SIZE="32", EVAL_BATCH_SIZE="16",
-               PYTHON=str(ROOT / ".venv" / "bin" / "python"))
+               PYTHON=sys.executable)
     env.pop("BACKBONE", None)
     run_script("train_base_swin.sh", tmp_path, dict(env, MODEL_NAME_OR_PATH=str(hub_like)), *FAST)
     run_script("train_baseline_swin.sh", tmp_path, dict(env, MODEL_NAME_OR_PATH=str(hub_like),
