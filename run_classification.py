@@ -38,7 +38,10 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_arguments(args)
     setup_logging(training_args)
     configure_wandb(training_args.report_to)
-    logger.info("Training/evaluation parameters %s", training_args)
+    logger.debug("Training/evaluation parameters %s", training_args)
+    logger.info("Model %s, data %s -> %s (seed %d)", model_args.model_name_or_path or model_args.config_name,
+                data_args.dataset_name or data_args.train_dir or data_args.validation_dir, training_args.output_dir,
+                training_args.seed)
     checkpoint = resume_checkpoint(training_args)
     set_seed(training_args.seed)
 

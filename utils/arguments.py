@@ -117,7 +117,7 @@ class DataTrainingArguments:
     )
     min_crop_scale: float | None = field(
         default=None,
-        metadata={"help": "Smallest area fraction of RandomResizedCrop (default: 0.08 as the original; digits 0.5)."},
+        metadata={"help": "Smallest area fraction of RandomResizedCrop (default: 0.08 as the original; digits 0.8)."},
     )
     image_column_name: str | None = field(default=None, metadata={"help": "Image column (detected if not given)."})
     label_column_name: str | None = field(default=None, metadata={"help": "Label column (detected if not given)."})
@@ -135,8 +135,9 @@ class DataTrainingArguments:
 class TrainingArguments(HfTrainingArguments):
     """transformers' TrainingArguments with these changes: `overwrite_output_dir`, which transformers 5 dropped, is
     back (the original rule: a non-empty output dir is an error unless overwriting or resuming);
-    `remove_unused_columns` defaults to False (the original scripts always passed that); a multi-process launch
-    (torchrun) on a machine without accelerators turns on `use_cpu`, which CPU distributed runs need."""
+    `remove_unused_columns` defaults to False (the original scripts always passed that); without accelerators,
+    memory is not pinned and a multi-process launch (torchrun) turns on `use_cpu`, which CPU distributed runs
+    need."""
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a non-empty output dir instead of resuming from its checkpoint."}
@@ -150,10 +151,12 @@ class TrainingArguments(HfTrainingArguments):
         if self.dataloader_persistent_workers:
             # Workers would keep the epoch they started with, and so repeat the first epoch's augmentations.
             raise ValueError("--dataloader_persistent_workers is not supported (per-epoch augmentation seeds).")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-            # Without use_cpu, accelerate starts the process group but not distributed mode on a CPU-only
-            # machine: each rank evaluates its shard and nothing is gathered.
-            self.use_cpu = True
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; torch warns at every epoch otherwise
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # Without use_cpu, accelerate starts the process group but not distributed mode on a CPU-only
+                # machine: each rank evaluates its shard and nothing is gathered.
+                self.use_cpu = True
         super().__post_init__()
 
 

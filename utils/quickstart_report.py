@@ -39,8 +39,8 @@ def summarise(output_dir: Path, seconds: float | None = None) -> dict:
         "exit_strategy": config["exit_strategy"],
         "threshold": config["threshold"],
         "eval_samples": lgvit["eval_samples"],
-        "lgvit_exit_counts": {key.rsplit("_", 1)[1]: value for key, value in lgvit.items()
-                              if key.startswith("eval_counts_exit_layer_")},
+        "lgvit_exit_counts": {str(n): lgvit[f"eval_counts_exit_layer_{n}"]
+                              for n in range(1, config["num_hidden_layers"] + 1)},
     }
     if seconds is not None:
         results["quickstart_seconds"] = seconds

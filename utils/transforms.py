@@ -15,8 +15,11 @@ from .arguments import DataTrainingArguments
 logger = logging.getLogger(__name__)
 
 # Augmentation defaults that differ from the original's (flip on, crops of 8-100% of the area). The digits are
-# 8x8 pixels: an 8% crop keeps about 2x2 of them, and a mirrored digit is no digit.
-DATASET_AUGMENTATION = {"digits": {"horizontal_flip": False, "min_crop_scale": 0.5}}
+# 8x8 pixels: an 8% crop keeps about 2x2 of them, and a mirrored digit is no digit. Measured on the quickstart
+# model (20 epochs, lr 2e-3): crops of 50-100% of the area reach ~87% accuracy, 80-100% ~93%, no crop ~96% but
+# with a training loss near 0 (little left for the exits to learn in stage 2); 8-100% gave ~52% (30 epochs,
+# lr 1e-3).
+DATASET_AUGMENTATION = {"digits": {"horizontal_flip": False, "min_crop_scale": 0.8}}
 DEFAULT_AUGMENTATION = {"horizontal_flip": True, "min_crop_scale": 0.08}
 
 
