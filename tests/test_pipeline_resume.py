@@ -57,3 +57,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pyte
     assert weights.keys() == resumed_weights.keys()
     for name, tensor in weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name
+
+
+def test_best_checkpoint_is_reloaded_at_the_end(tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    run_classification.main(run_args(
+        output, config_name=write_tiny_config(tmp_path), max_steps=6, eval_strategy="steps", eval_steps=2,
+        save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="loss",
+    ))
+    # With this seed the eval loss rises over the 6 steps, so the best checkpoint is an early one.
+    best = read_json(output / "trainer_state.json")["best_model_checkpoint"]
+    assert best is not None and not best.endswith("checkpoint-6")
+    final, saved = load_file(output / "model.safetensors"), load_file(Path(best) / "model.safetensors")
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, final[name]), name
