@@ -18,17 +18,17 @@ import logging
 import sys
 from typing import Any
 
-from transformers import ViTImageProcessor, set_seed
+from transformers import set_seed
 
 from utils.arguments import parse_arguments
 from utils.checkpoints import resume_checkpoint
 from utils.data import label_names, load_datasets
+from utils.image_dataset import ImageDataset, collate_fn
 from utils.metrics import build_compute_metrics
 from utils.model_setup import check_label_count, load_config, load_model, num_layers
 from utils.reporting import configure_wandb, setup_logging
 from utils.trainer import ExitTrainer
-from utils.image_dataset import ImageDataset, collate_fn
-from utils.transforms import augmentation, build_transforms, image_normalization
+from utils.transforms import augmentation, build_transforms, image_normalization, image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     checkpoint = resume_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
+    with training_args.main_process_first(desc="loading the dataset"):  # one download and cache per machine
+        dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
     if training_args.do_train and "train" not in dataset:
         raise ValueError("--do_train needs a training split: give --train_dir or a dataset with a train split.")
     if training_args.do_eval and "validation" not in dataset:
@@ -56,18 +57,14 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     config = load_config(model_args, labels)
     model = load_model(model_args, config)
 
-    image_size = config.image_size
     mean, std = image_normalization(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
                                     revision=model_args.model_revision, token=model_args.token)
-    train_transform, eval_transform = build_transforms(image_size, mean, std, **augmentation(data_args))
+    train_transform, eval_transform = build_transforms(config.image_size, mean, std, **augmentation(data_args))
     train_dataset = eval_dataset = None
     if training_args.do_train:
         train_dataset = ImageDataset(dataset["train"], train_transform, seed=training_args.seed)
     if training_args.do_eval:
         eval_dataset = ImageDataset(dataset["validation"], eval_transform)
-    # Saved with every checkpoint so later stages and users normalise the same way.
-    size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-    image_processor = ViTImageProcessor(size={"height": size[0], "width": size[1]}, image_mean=mean, image_std=std)
 
     trainer = ExitTrainer(
         model=model,
@@ -76,11 +73,12 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         eval_dataset=eval_dataset,
         data_collator=collate_fn,
         compute_metrics=build_compute_metrics(num_layers(config)),
-        processing_class=image_processor,
+        processing_class=image_processor(config.image_size, mean, std),
     )
 
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_result.metrics["train_samples"] = len(train_dataset)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchvision import transforms as T
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .arguments import DataTrainingArguments
@@ -29,7 +29,7 @@ def image_normalization(source: str | None, **hub_kwargs: Any) -> tuple[list[flo
         try:
             processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
             return list(processor.image_mean), list(processor.image_std)
-        except (OSError, ValueError, AttributeError, TypeError):
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
             logger.info("No image processor found at %s; normalising with ImageNet mean/std.", source)
     return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
 
@@ -58,3 +58,9 @@ def build_transforms(
     train = T.Compose([T.RandomResizedCrop(size, scale=(min_crop_scale, 1.0)), *flip, *normalize])
     evaluation = T.Compose([T.Resize(min(size)), T.CenterCrop(size), *normalize])
     return train, evaluation
+
+
+def image_processor(image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float]) -> ViTImageProcessor:
+    """The processor saved with every checkpoint, so later stages and users normalise the same way."""
+    size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    return ViTImageProcessor(size={"height": size[0], "width": size[1]}, image_mean=list(mean), image_std=list(std))
