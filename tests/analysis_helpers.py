@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from models import (
+    DeiTHighwayConfig,
+    DeiTHighwayForImageClassification,
+    SwinHighwayConfig,
+    SwinHighwayForImageClassification,
+)
 from utils.flops import FlopsProfile
 from utils.sweep import CachedLogits
 
@@ -18,6 +23,16 @@ TINY_FIELDS = dict(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, i
 def tiny_model(seed: int = 0, **fields) -> DeiTHighwayForImageClassification:
     torch.manual_seed(seed)
     return DeiTHighwayForImageClassification(DeiTHighwayConfig(**{**TINY_FIELDS, **fields})).eval()
+
+
+def tiny_swin(seed: int = 0) -> SwinHighwayForImageClassification:
+    """Three stages of 2, 3 and 2 blocks on 32x32 images (8x8, 4x4, 2x2 grids); exits on layers 2, 4, 5, 7, the
+    last one on the last block."""
+    torch.manual_seed(seed)
+    return SwinHighwayForImageClassification(SwinHighwayConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 3, 2], num_heads=[2, 2, 4], window_size=2,
+        mlp_ratio=2.0, num_labels=5, highway_type="LGViT", num_early_exits=[1, 2, 1],
+        position_exits=[[2], [2, 3], [2]])).eval()
 
 
 def images(batch: int, seed: int = 1, size: int = 16) -> torch.Tensor:

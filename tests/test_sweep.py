@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from analysis_helpers import images, synthetic_cache, synthetic_profile, tiny_model
+from analysis_helpers import images, synthetic_cache, synthetic_profile, tiny_model, tiny_swin
 
 from models.exiting import entropy
 from utils.flops import count_flops, profile_flops
@@ -138,3 +138,22 @@ def test_collect_logits_accepts_pairs_and_restores_training_mode(analysed):
     model.eval()
     assert again.exit_logits.shape == (6, 48, 5) and again.exit_layers == (1, 2, 3, 4, 5, 6)
     torch.testing.assert_close(again.exit_logits, cache.exit_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_swin_sweep_equals_online_early_exit(criterion):
+    """The same holds on Swin (patch merging inside a stage's last block, exits of several widths)."""
+    model = tiny_swin()
+    pixel_values = images(24, size=32)
+    labels = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(2))
+    cache, profile = collect_logits(model, [(pixel_values, labels)]), profile_flops(model)
+    assert cache.exit_layers == (2, 4, 5, 7) and cache.num_layers == 7 and profile.num_layers == 7
+    grid = threshold_grid(cache, criterion, 5)
+    model.config.exit_strategy, model.config.patience = criterion, 2
+    model.config.threshold = grid[len(grid) // 2]
+    counted, online = count_flops(model, pixel_values)
+    point = evaluate_settings(cache, model.config.exit_settings(), profile)
+    _, exit_index = exit_decisions(cache, model.config.exit_settings())
+    assert exit_layers_of(cache, exit_index).tolist() == online.exit_layer.tolist()
+    assert point.accuracy == pytest.approx((online.logits.argmax(-1) == labels).double().mean().item())
+    assert point.average_flops * 24 == pytest.approx(counted, rel=1e-12)
