@@ -94,3 +94,4 @@ def test_written_thresholds_are_compact_and_checked():
     assert config.threshold == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6] and config.exit_strategy == "entropy"
     with pytest.raises(ValueError, match="between 0 and 1"):
         write_exit_settings(config, settings.__class__("confidence", (1.5,) * 6, 1))
+    assert config.exit_strategy == "entropy" and config.threshold == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]

@@ -73,6 +73,7 @@ def calibrate(cache: CachedLogits, profile: FlopsProfile, strategy: str, *, targ
         raise ValueError(f"`speedup`={speedup!r} must be 'flops' or 'layer'.")
     points = sweep_criterion(cache, profile, strategy, thresholds, patience_values, num_thresholds)
     final_accuracy = cache.final_accuracy()
+
     def faster(p: SweepPoint) -> tuple[float, float]:
         return p.speedup(speedup), p.accuracy
 
@@ -107,17 +108,20 @@ def write_exit_settings(config: PretrainedConfig, settings: ExitSettings) -> Non
     forward call uses it and `save_pretrained` keeps it.
 
     `threshold` becomes one float when every exit shares it; `patience` is written for the criteria that read it,
-    and `threshold` is left alone for `patience` (which ignores it). The config checks the result.
+    and `threshold` is left alone for `patience` (which ignores it). The config checks the result; a setting it
+    refuses raises ValueError and leaves the config unchanged.
     """
+    previous = (config.exit_strategy, config.threshold, config.patience)
     config.exit_strategy = settings.strategy
     if settings.strategy != "patience":
         config.threshold = _compact(settings.thresholds)
     if settings.strategy in ("patience", "patient_and_confident"):
         config.patience = settings.patience
-    written = config.exit_settings()
-    if written.strategy != settings.strategy or (
-            settings.strategy != "patience" and written.thresholds != tuple(settings.thresholds)):
-        raise ValueError(f"The config did not keep the exit setting {settings}; it reads {written}.")
+    try:
+        config.exit_settings()
+    except ValueError:
+        config.exit_strategy, config.threshold, config.patience = previous  # leave the config as it was
+        raise
 
 
 def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: ExitSettings,
