@@ -6,10 +6,12 @@
   --train_strategy alternating_weighted`;
 - stage 2 (self-distillation, backbone frozen): `--model_name_or_path <stage-1 dir> --train_strategy
   distillation_LGViT`;
-- evaluation only: `--do_train False --do_eval`.
+- evaluation only: `--do_train False --do_eval`; with `--sweep True` also every criterion's accuracy/speed-up curve
+  and the figures, with `--measure_speedup True` the wall-clock speed-up, and with `--target_speedup` or
+  `--max_accuracy_drop` (and `--calibration_split`) thresholds calibrated first and saved in the config.
 
-Arguments come from the command line, or from a JSON/YAML file followed by command-line overrides:
-`python run_classification.py configs/digits_stage1.yaml --output_dir outputs/x`.
+Arguments come from the command line, or from JSON/YAML files (later ones override earlier ones) followed by
+command-line overrides: `python run_classification.py configs/digits/stage1.yaml --output_dir outputs/x`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 from transformers import set_seed
 
+from utils.analysis import analyse_evaluation, calibrate_to_budget, check_analysis_request
 from utils.arguments import parse_arguments
 from utils.checkpoints import resume_checkpoint
 from utils.data import label_names, load_datasets
+from utils.flops import profile_flops
 from utils.image_dataset import ImageDataset, collate_fn
 from utils.metrics import build_compute_metrics
 from utils.model_setup import check_label_count, load_config, load_model, num_layers
@@ -35,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     """Run one stage; returns the evaluation metrics (empty without --do_eval)."""
-    model_args, data_args, training_args = parse_arguments(args)
+    model_args, data_args, analysis_args, training_args = parse_arguments(args)
     setup_logging(training_args)
     configure_wandb(training_args.report_to)
     logger.debug("Training/evaluation parameters %s", training_args)
@@ -55,7 +59,9 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
 
     check_label_count(model_args, labels)
     config = load_config(model_args, labels)
+    check_analysis_request(analysis_args, len(config.exit_positions()), data_args.calibration_split)
     model = load_model(model_args, config)
+    flops = profile_flops(model)
 
     mean, std = image_normalization(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
                                     revision=model_args.model_revision, token=model_args.token)
@@ -65,6 +71,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         train_dataset = ImageDataset(dataset["train"], train_transform, seed=training_args.seed)
     if training_args.do_eval:
         eval_dataset = ImageDataset(dataset["validation"], eval_transform)
+    eval_batch_size = training_args.per_device_eval_batch_size
 
     trainer = ExitTrainer(
         model=model,
@@ -72,7 +79,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_fn,
-        compute_metrics=build_compute_metrics(num_layers(config)),
+        compute_metrics=build_compute_metrics(num_layers(config), flops),
         processing_class=image_processor(config.image_size, mean, std),
     )
 
@@ -84,12 +91,21 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
 
+    calibration = None
+    if analysis_args.calibrates:  # every rank calibrates alike, so every rank evaluates with the same thresholds
+        calibration_dataset = ImageDataset(dataset["calibration"], eval_transform)
+        calibration = calibrate_to_budget(trainer.model, calibration_dataset, flops, analysis_args, eval_batch_size)
+        trainer.save_model()  # the config now holds the calibrated thresholds
+
     metrics: dict[str, float] = {}
     if training_args.do_eval:
         metrics = trainer.evaluate()
         metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        if (analysis_args.sweep or analysis_args.measure_speedup or calibration) and trainer.is_world_process_zero():
+            analyse_evaluation(trainer.model, eval_dataset, flops, analysis_args, eval_batch_size,
+                               training_args.output_dir, calibration)
     return metrics
 
 

@@ -31,10 +31,8 @@ conv1_1 head takes about half a block's time for 15% of its FLOPs), plus the run
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +48,7 @@ from models.exit_settings import ExitSettings  # noqa: E402
 from utils.calibration import calibrate, evaluation_report, write_exit_settings  # noqa: E402
 from utils.flops import FlopsProfile, profile_flops  # noqa: E402
 from utils.sweep import collect_logits  # noqa: E402
+from utils.timing import full_model_logits, median_times  # noqa: E402
 
 BATCH_SIZES = (64, 8, 1)
 
@@ -98,14 +97,6 @@ def train(model: DeiTHighwayForImageClassification, images: torch.Tensor, labels
     print(f"trained {epochs} epochs ({step} steps) in {time.perf_counter() - start:.0f} s")
 
 
-def full_model(model: DeiTHighwayForImageClassification, images: torch.Tensor) -> torch.Tensor:
-    """The backbone with its final classifier only: every block, no exit head."""
-    hidden = model.embed(images)
-    for index in range(model.num_layers()):
-        hidden = model.run_layer(index, hidden)[1]
-    return model.final_logits(hidden)
-
-
 def plain_deit(model: DeiTHighwayForImageClassification) -> DeiTForImageClassificationWithTeacher:
     """transformers' own DeiT classifier holding the same backbone and final classifiers (no exit heads)."""
     plain = DeiTForImageClassificationWithTeacher(DeiTConfig(**model.config.to_diff_dict())).eval()
@@ -113,20 +104,6 @@ def plain_deit(model: DeiTHighwayForImageClassification) -> DeiTForImageClassifi
     if missing or any(not name.startswith(("exits.", "training_forwards")) for name in unexpected):
         raise RuntimeError(f"Weights do not match the plain DeiT: missing {missing}, unexpected {unexpected}.")
     return plain
-
-
-def median_times(ways: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each way over `repeats` rounds; the order of the ways rotates every round."""
-    names, runs = list(ways), {name: [] for name in ways}
-    for name in names:  # warm-up
-        ways[name]()
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            ways[name]()
-            runs[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def parse_args() -> argparse.Namespace:
@@ -186,7 +163,7 @@ def time_batch_sizes(model: DeiTHighwayForImageClassification, plain: DeiTForIma
               f"(layers 1..12), FLOPs speed-up {flops_speedup:.3f}")
         for batch_size in BATCH_SIZES:
             batches = images.split(batch_size)
-            ways = {"full model": lambda: [full_model(model, batch) for batch in batches],
+            ways = {"full model": lambda: [full_model_logits(model, batch) for batch in batches],
                     "plain DeiT": lambda: [plain(batch) for batch in batches],
                     "early exit": lambda: [model(batch) for batch in batches]}
             times = median_times(ways, repeats)
@@ -217,7 +194,7 @@ def main() -> None:
     images = splits["test"][0][:args.images]
     plain = plain_deit(model)
     with torch.inference_mode():
-        torch.testing.assert_close(plain(images[:8]).logits, full_model(model, images[:8]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(plain(images[:8]).logits, full_model_logits(model, images[:8]), atol=1e-4, rtol=1e-4)
     budgets = [{"max_accuracy_drop": drop} for drop in args.max_accuracy_drop]
     budgets += [{"target_speedup": target} for target in args.target_speedup]
     for budget in budgets:

@@ -43,7 +43,7 @@ _lgvit_quickstart() {
     stage stage2 stage2.yaml --model_name_or_path "$out/stage1"
     stage eval eval.yaml --model_name_or_path "$out/stage2"
     # The same model at full depth: a confidence above 1 is never reached, so every sample runs all 12 layers.
-    stage full_depth eval.yaml --model_name_or_path "$out/stage2" --threshold 1.0 --disable_tqdm True
+    stage full_depth eval.yaml --model_name_or_path "$out/stage2" --threshold 1.0 --disable_tqdm True --sweep False
 
     "$python" "$ROOT/utils/quickstart_report.py" "$out" "$((SECONDS - start))"
     echo "Quickstart took $((SECONDS - start)) s."

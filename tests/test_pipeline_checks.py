@@ -56,7 +56,7 @@ def test_argument_file_rejects_unknown_names(tmp_path: Path) -> None:
 
 
 def test_model_fields_in_their_original_forms() -> None:
-    model_args, _, _ = parse_arguments([
+    model_args, *_ = parse_arguments([
         "--model_name_or_path", "m", "--dataset_name", "digits", "--position_exits", "[4,5,6,7,8,9,10,11]",
         "--threshold", "0.8", "--num_early_exits", "8", "--homo_coefficient", "0.01", "--freeze_backbone", "True",
     ])

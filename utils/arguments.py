@@ -15,6 +15,8 @@ import yaml
 from transformers import HfArgumentParser
 from transformers import TrainingArguments as HfTrainingArguments
 
+from models.exit_settings import EXIT_STRATEGIES, check_choice
+
 # Model fields that override the loaded config when given (None keeps the checkpoint's value).
 MODEL_CONFIG_FIELDS = (
     "backbone", "highway_type", "num_early_exits", "position_exits", "exit_strategy", "threshold", "patience",
@@ -119,6 +121,11 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Smallest area fraction of RandomResizedCrop (default: 0.08 as the original; digits 0.8)."},
     )
+    calibration_split: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of train held out of training (stratified, fixed seed) for threshold "
+                          "calibration; give every stage the same value so the calibration samples stay unseen."},
+    )
     image_column_name: str | None = field(default=None, metadata={"help": "Image column (detected if not given)."})
     label_column_name: str | None = field(default=None, metadata={"help": "Label column (detected if not given)."})
 
@@ -129,6 +136,59 @@ class DataTrainingArguments:
             raise ValueError(f"--train_val_split={self.train_val_split} must be between 0 and 1.")
         if self.min_crop_scale is not None and not 0.0 < self.min_crop_scale <= 1.0:
             raise ValueError(f"--min_crop_scale={self.min_crop_scale} must be in (0, 1].")
+        if not 0.0 <= self.calibration_split < 1.0:
+            raise ValueError(f"--calibration_split={self.calibration_split} must be in [0, 1), e.g. 0.1.")
+
+
+@dataclass
+class AnalysisArguments:
+    """The accuracy-speed analysis of an evaluation (`utils.analysis`): threshold calibration before it, and a
+    one-pass sweep of every exit criterion, the measured speed-up and the figures after it."""
+
+    target_speedup: float | None = field(
+        default=None,
+        metadata={"help": "Calibrate thresholds to the most accurate setting with at least this speed-up "
+                          "(see --calibration_speedup) on the --calibration_split samples; saved in the config."},
+    )
+    max_accuracy_drop: float | None = field(
+        default=None,
+        metadata={"help": "Calibrate thresholds to the fastest setting losing at most this many accuracy points "
+                          "against the final classifier on the --calibration_split samples; saved in the config."},
+    )
+    calibration_strategy: str | None = field(
+        default=None, metadata={"help": "Exit criterion to calibrate (default: the model's exit_strategy)."}
+    )
+    calibration_speedup: str = field(
+        default="flops", metadata={"help": "Speed-up --target_speedup refers to: flops (exit heads counted) or layer."}
+    )
+    sweep: bool = field(
+        default=False,
+        metadata={"help": "After evaluating, run the eval set once with every exit and write every criterion's "
+                          "accuracy/speed-up curve (sweep.json, analysis_results.json) and the figures."},
+    )
+    measure_speedup: bool = field(
+        default=False,
+        metadata={"help": "Also time early exit against the full model on eval images (wall-clock speed-up)."},
+    )
+    speed_samples: int = field(default=256, metadata={"help": "Eval images timed by --measure_speedup."})
+    speed_repeats: int = field(default=5, metadata={"help": "Interleaved timing rounds of --measure_speedup."})
+
+    def __post_init__(self) -> None:
+        if self.target_speedup is not None and self.max_accuracy_drop is not None:
+            raise ValueError("Give one of --target_speedup and --max_accuracy_drop, not both.")
+        if self.target_speedup is not None and self.target_speedup < 1.0:
+            raise ValueError(f"--target_speedup={self.target_speedup} must be >= 1 (1 = the full model's cost).")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0.0:
+            raise ValueError(f"--max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (accuracy points).")
+        if self.calibration_strategy is not None:
+            check_choice("calibration_strategy", self.calibration_strategy, EXIT_STRATEGIES)
+        check_choice("calibration_speedup", self.calibration_speedup, ("flops", "layer"))
+        if self.speed_samples < 1 or self.speed_repeats < 1:
+            raise ValueError("--speed_samples and --speed_repeats must be >= 1.")
+
+    @property
+    def calibrates(self) -> bool:
+        return self.target_speedup is not None or self.max_accuracy_drop is not None
 
 
 @dataclass
@@ -160,7 +220,8 @@ class TrainingArguments(HfTrainingArguments):
         super().__post_init__()
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments)
+ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def read_argument_file(path: str | Path) -> dict[str, Any]:
@@ -174,21 +235,25 @@ def read_argument_file(path: str | Path) -> dict[str, Any]:
 
 def parse_arguments(
     args: list[str] | dict[str, Any] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
-    """Parse the arguments from a dict, or from a command line whose first item may be a JSON/YAML file.
+) -> tuple[ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments]:
+    """Parse the arguments from a dict, or from a command line that may start with JSON/YAML files.
 
-    Command-line flags after the file override its values: `run_classification.py configs/x.yaml --seed 1`.
+    Later files override earlier ones and command-line flags override the files:
+    `run_classification.py configs/digits/stage1.yaml configs/methods/pabee.yaml --seed 1`.
     """
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if isinstance(args, dict):
         return parser.parse_dict(args)
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        defaults = read_argument_file(argv.pop(0))
-        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(defaults) - known)
+    defaults: dict[str, Any] = {}
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    while argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):
+        path = argv.pop(0)
+        values = read_argument_file(path)
+        unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown arguments in the argument file: {unknown}")
-        # argparse does not apply `type` to defaults, so file values keep their JSON/YAML types.
-        parser.set_defaults(**defaults)
+            raise ValueError(f"Unknown arguments in {path}: {unknown}")
+        defaults.update(values)
+    # argparse does not apply `type` to defaults, so file values keep their JSON/YAML types.
+    parser.set_defaults(**defaults)
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

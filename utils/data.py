@@ -93,6 +93,16 @@ def split_train_eval(dataset: DatasetDict, train_val_split: float) -> DatasetDic
     return DatasetDict(splits)
 
 
+def hold_out_calibration(dataset: DatasetDict, fraction: float) -> DatasetDict:
+    """Move a stratified `fraction` of train (fixed seed) into a `calibration` split that no stage trains on, for
+    choosing exit thresholds (`utils.analysis`) on data the evaluation split never sees either."""
+    if fraction <= 0.0 or "train" not in dataset:
+        return dataset
+    parts = dataset["train"].train_test_split(test_size=fraction, seed=SPLIT_SEED, stratify_by_column="labels")
+    dataset["train"], dataset["calibration"] = parts["train"], parts["test"]
+    return dataset
+
+
 def cap_samples(dataset: DatasetDict, max_train: int | None, max_eval: int | None, seed: int) -> DatasetDict:
     """Keep at most `max_train`/`max_eval` samples, chosen by a seeded shuffle (as the original)."""
     for split, limit in (("train", max_train), ("validation", max_eval)):
@@ -104,9 +114,11 @@ def cap_samples(dataset: DatasetDict, max_train: int | None, max_eval: int | Non
 def load_datasets(
     data_args: DataTrainingArguments, seed: int, cache_dir: str | None = None, token: str | None = None
 ) -> DatasetDict:
-    """`train` and `validation` splits with columns `image` (undecoded) and `labels` (ClassLabel)."""
+    """`train` and `validation` splits (and `calibration` with `--calibration_split`) with columns `image`
+    (undecoded) and `labels` (ClassLabel)."""
     dataset = standardize_columns(load_raw_dataset(data_args, cache_dir, token), data_args)
     dataset = split_train_eval(dataset, data_args.train_val_split)
+    dataset = hold_out_calibration(dataset, data_args.calibration_split)
     dataset = cap_samples(dataset, data_args.max_train_samples, data_args.max_eval_samples, seed)
     logger.info("Dataset: %s", {split: len(data) for split, data in dataset.items()})
     return dataset

@@ -1,0 +1,108 @@
+"""Compare early-exit methods trained and evaluated by `scripts/compare_methods.sh`: one markdown table and one
+figure holding every method's accuracy/speed-up curve.
+
+Reads, for each method, `<output dir>/<method>/eval/analysis_results.json` (the calibrated operating point, measured
+speed-up included) and `sweep.json` (the method's curve under its own exit criterion), and the base model's
+`<output dir>/base/eval_results.json`. Writes `comparison.md`, `comparison.json` and `comparison.png` in the output
+directory and prints the table.
+
+Usage (from the repository root): python -m utils.compare_methods <output dir> <method> [<method> ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .plots import plot_tradeoff
+from .sweep import load_sweep
+
+# Preset file name -> name in the literature.
+METHOD_NAMES = {"sdn": "SDN", "pabee": "PABEE", "pcee": "PCEE", "berxit": "BERxiT", "vit_ee": "ViT-EE",
+                "lgvit": "LGViT"}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: did that method's evaluation run (with --sweep True)?")
+    return json.loads(path.read_text())
+
+
+def method_row(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
+    """One table row from a method's analysis_results.json."""
+    return {
+        "method": name,
+        "criterion": analysis["strategy"],
+        "threshold": analysis["threshold"],
+        "patience": analysis["patience"],
+        "exits": len(analysis["flops"]["exit_layers"]),
+        "head_parameters": analysis["flops"]["head_parameters"],
+        "accuracy": analysis["accuracy"],
+        "final_accuracy": analysis["final_accuracy"],
+        "average_exit_layer": analysis["average_exit_layer"],
+        "layer_speedup": analysis["layer_speedup"],
+        "flops_speedup": analysis["flops_speedup"],
+        "measured_speedup": analysis.get("measured_speedup"),
+        "target": analysis.get("target"),
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]], base_accuracy: float) -> str:
+    """The comparison as a markdown table (accuracies in %)."""
+    lines = [
+        "| method | exits (head params) | criterion | accuracy (%) | own final head (%) | avg exit layer "
+        "| speed-up: layers | FLOPs | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 |",
+    ]
+    for row in rows:
+        measured = "-" if row["measured_speedup"] is None else f"{row['measured_speedup']:.2f}"
+        setting = f"{row['criterion']}, {_threshold_text(row)}"
+        lines.append(
+            f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {setting} "
+            f"| {100 * row['accuracy']:.2f} | {100 * row['final_accuracy']:.2f} | {row['average_exit_layer']:.2f} "
+            f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} |"
+        )
+    return "\n".join(lines)
+
+
+def _threshold_text(row: dict[str, Any]) -> str:
+    threshold = row["threshold"]
+    value = f"{threshold:.3g}" if isinstance(threshold, (int, float)) else str(threshold)
+    if row["criterion"] == "patience":
+        return f"patience {row['patience']}"
+    if row["criterion"] == "patient_and_confident":
+        return f"entropy < {value}, patience {row['patience']}"
+    return f"{'entropy <' if row['criterion'] == 'entropy' else 'confidence >'} {value}"
+
+
+def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
+    """Write comparison.md, comparison.json and comparison.png; returns the rows and the base accuracy."""
+    output_dir = Path(output_dir)
+    base_accuracy = read_json(output_dir / "base" / "eval_results.json")["eval_accuracy"]
+    rows, curves = [], {}
+    for method in methods:
+        name = METHOD_NAMES.get(method, method)
+        analysis = read_json(output_dir / method / "eval" / "analysis_results.json")
+        rows.append(method_row(name, analysis))
+        curves[f"{name} ({analysis['strategy']})"] = load_sweep(output_dir / method / "eval" / "sweep.json")[
+            analysis["strategy"]]
+    table = markdown_table(rows, base_accuracy)
+    target = next((row["target"] for row in rows if row["target"]), None)
+    note = (f"Thresholds calibrated on held-out training samples for {target}; accuracy and speed-ups on the "
+            f"evaluation split." if target else "Thresholds as configured; accuracy and speed-ups on the evaluation split.")
+    (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
+    summary = {"base_accuracy": base_accuracy, "methods": rows}
+    (output_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_tradeoff(curves, output_dir / "comparison.png", reference_accuracy=base_accuracy,
+                  title="Accuracy vs FLOPs speed-up, every method (dashed: base model)")
+    print(f"\n{table}\n\n{note}\nWritten to {output_dir / 'comparison.md'} and {output_dir / 'comparison.png'}")
+    return summary
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__.strip().splitlines()[-1])
+    compare(sys.argv[1], sys.argv[2:])
