@@ -205,6 +205,19 @@ def test_lgvit_rule_for_other_exit_counts(num_exits):
     assert len(local) == num_exits // 2 and all(h.startswith("attention_r") for h in heads[len(local):])
 
 
+@pytest.mark.parametrize("num_exits, layout", [
+    (2, ["conv1_1", "attention_r2"]),
+    (4, ["conv1_1", "conv2_1", "attention_r2", "attention_r3"]),
+    (6, ["conv1_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"]),
+    (8, ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"]),
+])
+def test_original_lgvit_layouts(num_exits, layout):
+    """The original code's layouts (original-behaviour.md section 4), on the default last exit positions."""
+    config = DeiTHighwayConfig(**dict(BACKBONE_FIELDS, num_hidden_layers=12), highway_type="LGViT",
+                               num_early_exits=num_exits)
+    assert config.head_types() == layout
+
+
 def test_any_image_patch_and_width():
     model = DeiTHighwayForImageClassification(DeiTHighwayConfig(
         hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=32, image_size=[24, 12],

@@ -40,7 +40,8 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 
 def plot_tradeoff(curves: Mapping[str, Sequence[SweepPoint]], path: str | Path, speedup: str = "flops",
-                  reference_accuracy: float | None = None, title: str | None = None) -> Path:
+                  reference_accuracy: float | None = None, title: str | None = None,
+                  reference_label: str = "final classifier", accuracy_floor: float | None = None) -> Path:
     """Accuracy (%) vs speed-up, one curve per entry of `curves`.
 
     Each curve is its Pareto front (every setting no other setting beats in both), drawn over a faint scatter of
@@ -49,18 +50,22 @@ def plot_tradeoff(curves: Mapping[str, Sequence[SweepPoint]], path: str | Path, 
     Args:
         curves: label -> sweep points, e.g. `utils.sweep.sweep(...)` or {"LGViT": ..., "PABEE": ...}.
         speedup: `flops` or `layer`.
-        reference_accuracy: the final classifier's accuracy (fraction), drawn as a dashed line.
+        reference_accuracy: the final classifier's accuracy (fraction), drawn as a dashed line labelled
+            `reference_label`.
+        accuracy_floor: leave out settings less accurate than this (fraction), to zoom on the useful range.
     """
     figure = _new_figure()
     axes = figure.add_subplot()
     for label, points in curves.items():
+        if accuracy_floor is not None:
+            points = [p for p in points if p.accuracy >= accuracy_floor]
         front = pareto_front(points, speedup)
         line, = axes.plot([p.speedup(speedup) for p in front], [100 * p.accuracy for p in front], marker="o",
                           markersize=3, label=label)
         axes.scatter([p.speedup(speedup) for p in points], [100 * p.accuracy for p in points], s=5, alpha=0.2,
                      color=line.get_color())
     if reference_accuracy is not None:
-        axes.axhline(100 * reference_accuracy, color="grey", linestyle="--", linewidth=1, label="final classifier")
+        axes.axhline(100 * reference_accuracy, color="grey", linestyle="--", linewidth=1, label=reference_label)
     axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel(_SPEEDUP_LABELS[speedup])
     axes.set_ylabel("accuracy (%)")

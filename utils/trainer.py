@@ -17,11 +17,20 @@ logger = logging.getLogger(__name__)
 class ExitTrainer(Trainer):
     """`Trainer` with these changes.
 
-    - `prediction_step` returns `(logits, exit_layer)` as the predictions. The model runs in eval mode, so every sample leaves at its own exit whatever the eval batch size. Returning
-    `exit_layer` beside the logits lets the unchanged evaluation loop gather it from every distributed rank (and
+    - an `ImageDataset` training set is told the epoch at every epoch start (`EpochCallback`), so its per-sample
+    augmentation seeds change between epochs in every process (accelerate forwards the epoch to the dataset only
+    in single-process runs);
+    - checkpoints and the best model are reloaded through `from_pretrained` (the exit layout comes with them);
+    - `prediction_step` returns `(logits, exit_layer)` as the predictions. The model runs in eval mode, so every
+    sample leaves at its own exit whatever the eval batch size. Returning `exit_layer` beside the logits lets the unchanged evaluation loop gather it from every distributed rank (and
     drop the samples the distributed sampler duplicated), so the exit statistics cover the whole eval set; the
     original kept only rank 0's exits. `compute_metrics` (see `utils.metrics`) turns them into exit counts.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.train_dataset, ImageDataset):
+            self.add_callback(EpochCallback(self.train_dataset))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
