@@ -44,6 +44,6 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
 
     table = (out / "comparison.md").read_text()
     assert sum(line.startswith("| ") for line in table.splitlines()) == 4  # header, base, PABEE, LGViT
-    assert "| PABEE | 11 (" in table and "| LGViT | 8 (" in table and "patience" in table
+    assert "| PABEE | 11 (" in table and "| LGViT | 8 (" in table and "exits in a row agree" in table
     assert (out / "comparison.png").stat().st_size > 5000
     assert "comparison.md" in finished.stdout

@@ -54,29 +54,29 @@ def method_row(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(rows: list[dict[str, Any]], base_accuracy: float) -> str:
     """The comparison as a markdown table (accuracies in %)."""
     lines = [
-        "| method | exits (head params) | criterion | accuracy (%) | own final head (%) | avg exit layer "
+        "| method | exits (head params) | exit rule | accuracy (%) | own final head (%) | avg exit layer "
         "| speed-up: layers | FLOPs | measured |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 |",
     ]
     for row in rows:
         measured = "-" if row["measured_speedup"] is None else f"{row['measured_speedup']:.2f}"
-        setting = f"{row['criterion']}, {_threshold_text(row)}"
         lines.append(
-            f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {setting} "
+            f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {exit_rule(row)} "
             f"| {100 * row['accuracy']:.2f} | {100 * row['final_accuracy']:.2f} | {row['average_exit_layer']:.2f} "
             f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} |"
         )
     return "\n".join(lines)
 
 
-def _threshold_text(row: dict[str, Any]) -> str:
+def exit_rule(row: dict[str, Any]) -> str:
+    """The criterion and its setting in words, e.g. "confidence > 0.8" or "2 exits in a row with entropy < 0.5"."""
     threshold = row["threshold"]
     value = f"{threshold:.3g}" if isinstance(threshold, (int, float)) else str(threshold)
     if row["criterion"] == "patience":
-        return f"patience {row['patience']}"
+        return f"{row['patience']} exits in a row agree"
     if row["criterion"] == "patient_and_confident":
-        return f"entropy < {value}, patience {row['patience']}"
+        return f"{row['patience']} exits in a row with entropy < {value}"
     return f"{'entropy <' if row['criterion'] == 'entropy' else 'confidence >'} {value}"
 
 
@@ -93,8 +93,8 @@ def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
             analysis["strategy"]]
     table = markdown_table(rows, base_accuracy)
     target = next((row["target"] for row in rows if row["target"]), None)
-    note = (f"Thresholds calibrated on held-out training samples for {target}; accuracy and speed-ups on the "
-            f"evaluation split." if target else "Thresholds as configured; accuracy and speed-ups on the evaluation split.")
+    chosen = f"calibrated on held-out training samples for {target}" if target else "as configured"
+    note = f"Thresholds {chosen}; accuracy and speed-ups on the evaluation split."
     (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
     summary = {"base_accuracy": base_accuracy, "methods": rows}
     (output_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,9 +22,10 @@ class ExitTrainer(Trainer):
     in single-process runs);
     - checkpoints and the best model are reloaded through `from_pretrained` (the exit layout comes with them);
     - `prediction_step` returns `(logits, exit_layer)` as the predictions. The model runs in eval mode, so every
-    sample leaves at its own exit whatever the eval batch size. Returning `exit_layer` beside the logits lets the unchanged evaluation loop gather it from every distributed rank (and
-    drop the samples the distributed sampler duplicated), so the exit statistics cover the whole eval set; the
-    original kept only rank 0's exits. `compute_metrics` (see `utils.metrics`) turns them into exit counts.
+    sample leaves at its own exit whatever the eval batch size. Returning `exit_layer` beside the logits lets the
+    unchanged evaluation loop gather it from every distributed rank (and drop the samples the distributed sampler
+    duplicated), so the exit statistics cover the whole eval set; the original kept only rank 0's exits.
+    `compute_metrics` (see `utils.metrics`) turns them into exit counts.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
