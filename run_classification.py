@@ -103,7 +103,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-        if (analysis_args.sweep or analysis_args.measure_speedup or calibration) and trainer.is_world_process_zero():
+        if analysis_args.analyses and trainer.is_world_process_zero():
             analyse_evaluation(trainer.model, eval_dataset, flops, analysis_args, eval_batch_size,
                                training_args.output_dir, calibration)
     return metrics

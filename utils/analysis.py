@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_split: float) -> None:
     """Refuse, before any training, an analysis the run cannot do."""
-    if (args.calibrates or args.sweep or args.measure_speedup) and num_exits == 0:
+    if args.analyses and num_exits == 0:
         raise ValueError("Calibration, --sweep and --measure_speedup need a model with exits; this one has none "
                          "(set --num_early_exits and --highway_type, or drop those flags).")
     if args.calibrates and calibration_split <= 0.0:
@@ -90,7 +90,8 @@ def analyse_evaluation(model: nn.Module, dataset: Dataset, profile: FlopsProfile
         "final_accuracy": cache.final_accuracy(), "exit_layers": list(cache.exit_layers),
         "num_layers": cache.num_layers, "samples": len(cache)})
     if args.measure_speedup:
-        images = torch.stack([dataset[i]["pixel_values"] for i in range(min(args.speed_samples, len(dataset)))])
+        rows = (dataset[i]["pixel_values"] for i in range(min(args.speed_samples, len(dataset))))
+        images = torch.stack([pixels for pixels in rows if pixels is not None])  # unreadable images are skipped
         report.update(measure_speedup(model, images, batch_size, args.speed_repeats))
         report["measured_over_flops_speedup"] = report["measured_speedup"] / report["flops_speedup"]
     _, exit_index = exit_decisions(cache, settings)

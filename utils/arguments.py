@@ -190,6 +190,11 @@ class AnalysisArguments:
     def calibrates(self) -> bool:
         return self.target_speedup is not None or self.max_accuracy_drop is not None
 
+    @property
+    def analyses(self) -> bool:
+        """Whether the evaluation is followed by the analysis pass (sweep, report, figures)."""
+        return self.sweep or self.measure_speedup or self.calibrates
+
 
 @dataclass
 class TrainingArguments(HfTrainingArguments):
