@@ -1,4 +1,4 @@
-"""Parity with the original LGViT code on every DeiT/ViT fixture case (../shared/fixtures/original).
+"""Parity with the original LGViT code on every DeiT/ViT fixture case (tests/fixtures/original).
 
 Tolerances are the fixtures' own: atol 1e-5 / rtol 1e-4 for logits and features, rtol 1e-4 for losses, exact
 exit layers. Exit decisions are computed with the six inputs as ONE batch and compared with the original's
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from utils.convert_original_checkpoint import convert
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "original"
 CASES = json.loads((FIXTURES / "deit_cases.json").read_text())
 STAGE2 = json.loads((FIXTURES / "stage2_fixed.json").read_text())
 INPUTS = load_file(FIXTURES / "inputs.safetensors")

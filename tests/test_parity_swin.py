@@ -1,4 +1,4 @@
-"""Parity with the original LGViT code on the Swin fixture cases (../shared/fixtures/original/swin_*).
+"""Parity with the original LGViT code on the Swin fixture cases (tests/fixtures/original/swin_*).
 
 Tolerances are the fixtures' own: atol 1e-5 / rtol 1e-4 for logits and features, exact exit layers. Exit decisions
 are computed with the six inputs as ONE batch and compared with the original's batch-size-1 runs, after fixing the
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from models import SwinHighwayForImageClassification
 from utils.convert_original_checkpoint import convert
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "original"
 CASES = json.loads((FIXTURES / "swin_cases.json").read_text())
 INPUTS = load_file(FIXTURES / "inputs.safetensors")
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
