@@ -2,7 +2,7 @@
 # Train and evaluate every early-exit method on one dataset, then write one markdown table and one figure:
 # OUTPUT_DIR/comparison.md and OUTPUT_DIR/comparison.png (utils/compare_methods.py).
 #   bash scripts/compare_methods.sh                      # the paper's setting: ViT-B/16 on CIFAR-100 (GPUs)
-#   DATASET=digits bash scripts/compare_methods.sh       # offline: a tiny 12-layer DeiT on the digits, CPU, ~15 min
+#   DATASET=digits bash scripts/compare_methods.sh       # offline: a tiny 12-layer DeiT on the digits, CPU, ~10 min
 # Recipe: a base model (no exits) is trained once; each method's exits (configs/methods/<method>.yaml) are then
 # trained with that backbone (stage 1; LGViT also gets stage 2, self-distillation); each method's thresholds
 # are calibrated on held-out training samples (CALIBRATION_SPLIT of train, never trained on) to lose at most
@@ -39,11 +39,17 @@ _lgvit_compare() {
         echo "=== $name -> $dir ==="
         "${LAUNCH[@]}" "$RUN" "$@" --output_dir "$dir" --run_name "${name}_$DATA_NAME" "${common[@]}" "${extra[@]}"
     }
-    run base "$out/base" "$presets/base.yaml" "${base_source[@]}"
-    local method model
-    for method in "${methods[@]}"; do
-        local preset="$ROOT/configs/methods/$method.yaml"
+    preset_value() {  # preset_value <preset file> <key>
+        "$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+    }
+    local method model preset
+    for method in "${methods[@]}"; do  # every preset must exist before hours of training start
+        preset="$ROOT/configs/methods/$method.yaml"
         [[ -f "$preset" ]] || { echo "No preset $preset; METHODS must name files in configs/methods/." >&2; return 2; }
+    done
+    run base "$out/base" "$presets/base.yaml" "${base_source[@]}"
+    for method in "${methods[@]}"; do
+        preset="$ROOT/configs/methods/$method.yaml"
         run "${method}_stage1" "$out/$method/stage1" "$presets/stage1.yaml" "$preset" --model_name_or_path "$out/base"
         model="$out/$method/stage1"
         if [[ "$method" == lgvit ]]; then
@@ -51,7 +57,7 @@ _lgvit_compare() {
             model="$out/$method/stage2"
         fi
         run "${method}_eval" "$out/$method/eval" "$presets/eval.yaml" --model_name_or_path "$model" \
-            --exit_strategy "$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["exit_strategy"])' "$preset")" \
+            --exit_strategy "$(preset_value "$preset" exit_strategy)" \
             --max_accuracy_drop "${MAX_ACCURACY_DROP:-1.0}" --sweep True --measure_speedup True
     done
     (cd "$ROOT" && "$PYTHON" -m utils.compare_methods "$out" "${methods[@]}")

@@ -47,3 +47,10 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
     assert "| PABEE | 11 (" in table and "| LGViT | 8 (" in table and "exits in a row agree" in table
     assert (out / "comparison.png").stat().st_size > 5000
     assert "comparison.md" in finished.stdout
+
+
+def test_an_unknown_method_stops_before_any_training(tmp_path: Path) -> None:
+    finished = run_script(f"bash {ROOT}/scripts/compare_methods.sh", tmp_path, OUTPUT_DIR=str(tmp_path / "out"),
+                          METHODS="sdn pabe")
+    assert finished.returncode == 2 and "configs/methods/pabe.yaml" in finished.stderr
+    assert not (tmp_path / "out" / "base").exists()
