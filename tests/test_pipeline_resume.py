@@ -31,7 +31,8 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(ExitTrainer, "training_step", training_step)
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("how", ["detected in the output dir", "--resume_from_checkpoint"])
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     base = tmp_path / "base"
     run_classification.main(run_args(base, config_name=write_tiny_config(tmp_path), do_eval=False))
     # Stage 1 uses the alternating strategy, whose step counter must survive the restart too. 4 steps per epoch:
@@ -46,6 +47,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pyte
         with pytest.raises(SimulatedKill):
             run_classification.main(stage1_args(interrupted, base, **settings))
     assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-3"]
+    if how == "--resume_from_checkpoint":
+        settings["resume_from_checkpoint"] = str(interrupted / "checkpoint-3")
     resumed = run_classification.main(stage1_args(interrupted, base, **settings))
 
     assert read_json(interrupted / "trainer_state.json")["global_step"] == 7
