@@ -3,7 +3,7 @@
 # 12-layer DeiT (configs/digits/): base training from scratch, stage 1 (LGViT exit heads), stage 2
 # (self-distillation), then early-exit evaluation. Prints a table and writes OUTPUT_DIR/results.json.
 #   bash scripts/quickstart.sh                    # outputs in outputs/quickstart
-#   OUTPUT_DIR=/tmp/qs REPORT_TO=wandb bash scripts/quickstart.sh
+#   OUTPUT_DIR=outputs/my_run REPORT_TO=wandb bash scripts/quickstart.sh
 # Each stage is one run_classification.py command, shown before it starts. Rerunning overwrites the outputs.
 _lgvit_quickstart() {
     set -euo pipefail
