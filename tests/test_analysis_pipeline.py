@@ -107,3 +107,20 @@ def test_later_argument_files_override_earlier_ones(tmp_path: Path) -> None:
         [str(first), str(second), "--config_name", "c.json", "--patience", "5", "--output_dir", str(tmp_path)])
     assert model_args.config_overrides() == {"exit_strategy": "patience", "threshold": 0.8, "patience": 5}
     assert data_args.dataset_name == "digits" and analysis_args.sweep
+
+
+def test_figures_reach_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --report_to wandb and no account, the run logs offline; the analysis figures are part of it."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = run_args(tmp_path / "run", config_name=write_config_with_exits(tmp_path), report_to="wandb", sweep=True,
+                    run_name="analysis-test")
+    try:
+        run_classification.main(args)
+    finally:
+        wandb.finish()
+    media = tmp_path.glob("wandb/offline-run-*/files/media/images/analysis/*.png")
+    logged = {path.name.rsplit("_", 2)[0] for path in media}  # wandb names them <key>_<step>_<hash>.png
+    assert logged == {Path(name).stem for name in FIGURES}
