@@ -22,17 +22,17 @@ from typing import Any
 
 from transformers import set_seed
 
-from utils.analysis import analyse_evaluation, calibrate_to_budget, check_analysis_request
-from utils.arguments import parse_arguments
-from utils.checkpoints import resume_checkpoint
-from utils.data import label_names, load_datasets
-from utils.flops import profile_flops
-from utils.image_dataset import ImageDataset, collate_fn
-from utils.metrics import build_compute_metrics
-from utils.model_setup import check_label_count, load_config, load_model, num_layers
-from utils.reporting import configure_wandb, setup_logging
-from utils.trainer import ExitTrainer
-from utils.transforms import augmentation, build_transforms, image_normalization, image_processor
+from utils.analysis.flops import profile_flops
+from utils.analysis.report import analyse_evaluation, calibrate_to_budget, check_analysis_request
+from utils.data.image_dataset import ImageDataset, collate_fn
+from utils.data.loading import label_names, load_datasets
+from utils.data.transforms import augmentation, build_transforms, image_normalization, image_processor
+from utils.training.arguments import parse_arguments
+from utils.training.checkpoints import resume_checkpoint
+from utils.training.logging_setup import configure_wandb, setup_logging
+from utils.training.metrics import build_compute_metrics
+from utils.training.model_setup import check_label_count, load_config, load_model
+from utils.training.trainer import ExitTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     setup_logging(training_args)
     configure_wandb(training_args.report_to)
     logger.debug("Training/evaluation parameters %s", training_args)
-    logger.info("Model %s, data %s -> %s (seed %d)", model_args.model_name_or_path or model_args.config_name,
+    logger.info("Model %s, data %s -> %s (seed %d)",
+                model_args.model_name_or_path or model_args.config_name or model_args.model_type,
                 data_args.dataset_name or data_args.train_dir or data_args.validation_dir, training_args.output_dir,
                 training_args.seed)
-    checkpoint = resume_checkpoint(training_args)
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="loading the dataset"):  # one download and cache per machine
@@ -59,12 +59,14 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
 
     check_label_count(model_args, labels)
     config = load_config(model_args, labels)
-    check_analysis_request(analysis_args, len(config.exit_positions()), data_args.calibration_split)
+    check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split)
+    checkpoint = resume_checkpoint(training_args, config)
     model = load_model(model_args, config)
     flops = profile_flops(model)
 
-    mean, std = image_normalization(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                                    revision=model_args.model_revision, token=model_args.token)
+    mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
+                                    cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+                                    token=model_args.token)
     train_transform, eval_transform = build_transforms(config.image_size, mean, std, **augmentation(data_args))
     train_dataset = eval_dataset = None
     if training_args.do_train:
@@ -79,7 +81,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_fn,
-        compute_metrics=build_compute_metrics(num_layers(config), flops),
+        compute_metrics=build_compute_metrics(config.num_blocks, flops),
         processing_class=image_processor(config.image_size, mean, std),
     )
 

@@ -8,21 +8,18 @@ images three ways, interleaved, and the median times are compared:
 - `plain`: at batch 1, only the backbone blocks up to the sample's exit layer (no heads).
 Targets: early exit / oracle <= 1.10 at batch 64 and <= 1.15 at batch 1.
 
-    python benchmarks/bench_exit_overhead.py [--repeats 30]
+    python -m benchmarks.bench_exit_overhead [--repeats 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification  # noqa: E402
+from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 
 
 def build_model() -> DeiTHighwayForImageClassification:
@@ -48,8 +45,8 @@ def oracle(model: DeiTHighwayForImageClassification, images: torch.Tensor, exit_
     images, exit_layer = images[order], exit_layer[order]
     hidden = model.embed(images)
     exit_after = model.exit_after_layer()
-    running = [(exit_layer > index).sum().item() for index in range(model.num_layers())]
-    for index in range(model.num_layers()):
+    running = [(exit_layer > index).sum().item() for index in range(model.config.num_blocks)]
+    for index in range(model.config.num_blocks):
         hidden = model.run_layer(index, hidden)[1]
         if index in exit_after:
             model.exits[exit_after[index]](hidden)

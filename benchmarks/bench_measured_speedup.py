@@ -23,7 +23,7 @@ Measured here over two sessions (one thread, 2-core machine, 6 epochs -> 92% tes
 the exit heads are latency-bound there (computing all 8 LGViT heads adds ~40% to the full model's time at batch 1,
 ~8% at batch 64, for 7% of its FLOPs), plus the runner's per-exit decisions.
 
-    python benchmarks/bench_measured_speedup.py [--train_epochs 6] [--save_checkpoint DIR] [--checkpoint DIR]
+    python -m benchmarks.bench_measured_speedup [--train_epochs 6] [--save_checkpoint DIR] [--checkpoint DIR]
         [--strategy confidence] [--max_accuracy_drop 1.0 ...] [--target_speedup 2.0 ...] [--repeats 7] [--threads 1]
         [--no_spread]
 """
@@ -31,9 +31,7 @@ the exit heads are latency-bound there (computing all 8 LGViT heads adds ~40% to
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +40,12 @@ from sklearn.model_selection import train_test_split
 from transformers import DeiTConfig
 from transformers.models.deit.modeling_deit import DeiTForImageClassificationWithTeacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification  # noqa: E402
-from models.exit_settings import ExitSettings  # noqa: E402
-from utils.calibration import calibrate, evaluation_report, write_exit_settings  # noqa: E402
-from utils.flops import FlopsProfile, profile_flops  # noqa: E402
-from utils.sweep import collect_logits  # noqa: E402
-from utils.timing import full_model_logits, median_times  # noqa: E402
+from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from models.exit_settings import ExitSettings
+from utils.analysis.calibration import calibrate, evaluation_report, write_exit_settings
+from utils.analysis.flops import FlopsProfile, profile_flops
+from utils.analysis.sweep import collect_logits
+from utils.analysis.timing import full_model_logits, median_times
 
 BATCH_SIZES = (64, 8, 1)
 

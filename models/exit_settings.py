@@ -1,16 +1,18 @@
-"""Names, defaults and validation shared by every early-exit configuration.
+"""Checked values of the early-exit configuration fields, with errors that name the field and the allowed values.
 
-Both backbone configurations (DeiT/ViT and Swin) store the original LGViT field names. This module turns those
-fields into checked values once, with errors that name the field and the allowed values.
+The configurations store the original LGViT field names; this module turns them into checked values once:
+`ExitSettings` (criterion, one threshold per exit, patience) and the training strategy names. The exit criteria
+themselves live in `models.criteria`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-EXIT_STRATEGIES = ("entropy", "confidence", "patience", "patient_and_confident")
+from .criteria import get_criterion
+
 STAGE1_STRATEGIES = ("normal", "weighted", "alternating", "alternating_weighted", "distillation")
 STAGE2_STRATEGIES = ("distillation", "distillation_LGViT")
 TRAIN_STRATEGIES = STAGE1_STRATEGIES + ("distillation_LGViT",)
@@ -32,8 +34,8 @@ def parse_list_string(field: str, value: object) -> object:
         raise ValueError(f"`{field}`={value!r} is not a list such as [4, 5, 6]: {error}.") from None
 
 
-def check_positions(field: str, positions: Sequence[int], num_layers: int, num_exits: int) -> list[int]:
-    """Check 1-based exit layers: integers in 1..num_layers, increasing, one per exit."""
+def check_positions(field: str, positions: Sequence[int], num_blocks: int, num_exits: int) -> list[int]:
+    """Check 1-based exit layers: integers in 1..num_blocks, increasing, one per exit."""
     if not isinstance(positions, (list, tuple)) or not all(
         isinstance(p, int) and not isinstance(p, bool) for p in positions
     ):
@@ -46,8 +48,8 @@ def check_positions(field: str, positions: Sequence[int], num_layers: int, num_e
         raise ValueError(f"`{field}`={list(positions)} repeats a layer; each exit needs its own layer.")
     if list(positions) != sorted(positions):
         raise ValueError(f"`{field}`={list(positions)} must be in increasing order.")
-    if positions and (positions[0] < 1 or positions[-1] > num_layers):
-        raise ValueError(f"`{field}`={list(positions)} must hold layers between 1 and {num_layers}.")
+    if positions and (positions[0] < 1 or positions[-1] > num_blocks):
+        raise ValueError(f"`{field}`={list(positions)} must hold layers between 1 and {num_blocks}.")
     return list(positions)
 
 
@@ -65,23 +67,24 @@ def resolve_exit_settings(
     threshold: float | Sequence[float] | None,
     patience: int | None,
     num_exits: int,
-    default_thresholds: dict[str, float],
-    default_patience: dict[str, int],
+    default_thresholds: Mapping[str, float] | None = None,
+    default_patience: Mapping[str, int] | None = None,
 ) -> ExitSettings:
     """Check the exit fields of a configuration and fill in the defaults.
 
     Args:
-        strategy: one of EXIT_STRATEGIES.
-        threshold: a float for every exit, one value per exit, or None for the strategy's default.
-            `entropy` and `patient_and_confident` compare the natural-log entropy (must be >= 0), `confidence` the
-            top softmax probability (0..1); `patience` ignores it.
-        patience: consecutive agreeing (or confident) exits needed by `patience` / `patient_and_confident`.
+        strategy: a registered criterion (`models.criteria`).
+        threshold: a float for every exit, one value per exit, or None for the default; checked against the
+            criterion's range (criteria without a threshold ignore it).
+        patience: consecutive exits the counting criteria need (>= 1).
         num_exits: number of exit heads.
-        default_thresholds / default_patience: per-strategy defaults of the backbone (the original's values).
+        default_thresholds / default_patience: a backbone's own defaults by criterion name (the original code's
+            values differ between DeiT and Swin); the criterion's defaults otherwise.
     """
-    check_choice("exit_strategy", strategy, EXIT_STRATEGIES)
+    criterion = get_criterion(strategy)
     if threshold is None:
-        values = [default_thresholds.get(strategy, 0.0)] * num_exits
+        default = (default_thresholds or {}).get(strategy, criterion.default_threshold)
+        values = [float(default)] * num_exits
     elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         values = [float(threshold)] * num_exits
     elif isinstance(threshold, (list, tuple)):
@@ -93,12 +96,10 @@ def resolve_exit_settings(
         values = [float(value) for value in threshold]
     else:
         raise ValueError(f"`threshold`={threshold!r} must be a float, a list with one float per exit, or None.")
-    if strategy == "confidence" and any(not 0.0 <= value <= 1.0 for value in values):
-        raise ValueError(f"`threshold`={values} is out of range: confidence thresholds lie between 0 and 1.")
-    if strategy in ("entropy", "patient_and_confident") and any(value < 0.0 for value in values):
-        raise ValueError(f"`threshold`={values} is out of range: entropy thresholds are >= 0.")
+    if criterion.uses_threshold:
+        criterion.check_thresholds(values)
     if patience is None:
-        patience = default_patience.get(strategy, 1)
+        patience = (default_patience or {}).get(strategy, criterion.default_patience)
     if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
         raise ValueError(f"`patience`={patience!r} must be a whole number >= 1.")
     return ExitSettings(strategy=strategy, thresholds=tuple(values), patience=patience)

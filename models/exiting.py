@@ -1,78 +1,34 @@
-"""Exit criteria and the batched early-exit runner.
+"""The batched early-exit runner.
 
 Nothing here knows which backbone it drives. A backbone is anything with the `ExitingBackbone` methods: embed the
-images, run block i, and give the final prediction. Decisions are per sample: each criterion keeps one state row
-per sample, rows that exit are removed from the batch, and the remaining rows run on. A batch of N therefore
-gives the exit layers and logits of N runs at batch size 1 while samples that left stop costing compute.
+images, run block i, run an exit head, give the final prediction. The blocks are grouped into segments
+(`models.segments`): the blocks up to an exit plus that exit's head, ..., the last blocks plus the final classifier.
+After each exit segment the criterion (`models.criteria`) decides per sample; rows that leave are removed from the
+batch and the remaining rows run on. A batch of N therefore gives the exit layers and logits of N runs at batch
+size 1 while samples that left stop costing compute. Segments may be compiled (`EarlyExitMixin.compile_exits`);
+the decisions stay here, in eager code, on every path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from .criteria import get_criterion
 from .exit_settings import ExitSettings
 
-State = dict[str, torch.Tensor]
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Natural-log entropy of softmax(logits) per row, computed as log(sum e^x) - sum(x e^x) / sum(e^x).
-
-    This is the original code's formula (from DeeBERT); it is kept so that decisions near a threshold agree.
-    """
-    exp = torch.exp(logits)
-    total = exp.sum(dim=1)
-    return torch.log(total) - (logits * exp).sum(dim=1) / total
-
-
-class ExitCriterion:
-    """Per-sample exit rule. `step` is called at every exit, in order, with only the rows still running.
-
-    Args:
-        settings: strategy name, one threshold per exit, patience.
-    """
-
-    def __init__(self, settings: ExitSettings):
-        self.settings = settings
-
-    def initial_state(self, batch_size: int, device: torch.device) -> State:
-        return {
-            "count": torch.zeros(batch_size, dtype=torch.long, device=device),
-            "previous": torch.full((batch_size,), -1, dtype=torch.long, device=device),
-        }
-
-    def step(self, exit_index: int, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Decide which rows leave at exit `exit_index`. Returns (exit mask (B,), new state)."""
-        strategy = self.settings.strategy
-        threshold = self.settings.thresholds[exit_index]
-        if strategy == "entropy":
-            return entropy(logits) < threshold, state
-        if strategy == "confidence":
-            return torch.softmax(logits, dim=1).max(dim=1).values > threshold, state
-        if strategy == "patience":
-            prediction = logits.argmax(dim=1)
-            # The first exit starts the count at 1; each following exit that agrees with the one before adds 1.
-            count = torch.where(prediction == state["previous"], state["count"] + 1, torch.ones_like(state["count"]))
-            return count == self.settings.patience, {"count": count, "previous": prediction}
-        # patient_and_confident: count consecutive exits whose entropy is below their threshold.
-        confident = entropy(logits) < threshold
-        count = torch.where(confident, state["count"] + 1, torch.zeros_like(state["count"]))
-        return count == self.settings.patience, {"count": count, "previous": state["previous"]}
+# A segment run: (input, the previous segment's hidden states or the images) -> (hidden states, logits).
+SegmentRun = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class ExitingBackbone(Protocol):
-    """What the runner needs from a backbone with exits (see the DeiT and Swin model classes)."""
+    """What the runner and the analysis tools need from a backbone with exits (see the DeiT and Swin models)."""
 
     exits: nn.ModuleList
-
-    def exit_after_layer(self) -> dict[int, int]:
-        """0-based block index -> index of the exit that reads that block's output."""
-
-    def num_layers(self) -> int: ...
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
@@ -91,45 +47,47 @@ class ExitDecisions:
     exit_layer: torch.Tensor
 
 
-def run_early_exit(backbone: ExitingBackbone, pixel_values: torch.Tensor, criterion: ExitCriterion) -> ExitDecisions:
-    """Run the backbone, stopping each sample at the first exit whose criterion fires.
+def run_early_exit(segments: Sequence[SegmentRun], pixel_values: torch.Tensor, settings: ExitSettings,
+                   exit_layers: Sequence[int], num_blocks: int) -> ExitDecisions:
+    """Run the segments, stopping each sample at the first exit whose criterion fires.
 
-    Rows that exit are dropped from the running batch (its size only shrinks); the final classifier answers for the
-    rows that reach the end, with exit layer = number of blocks.
+    Args:
+        segments: one run per exit, then the final one (`models.segments.segment_runs`).
+        pixel_values: (B, 3, H, W) images.
+        settings: the criterion, one threshold per exit and the patience count.
+        exit_layers: 1-based layer of each exit.
+        num_blocks: the exit layer reported when the final classifier answers.
     """
-    hidden = backbone.embed(pixel_values)
-    batch_size, num_layers = hidden.shape[0], backbone.num_layers()
-    running = torch.arange(batch_size, device=hidden.device)
-    state = criterion.initial_state(batch_size, hidden.device)
+    criterion = get_criterion(settings.strategy)
+    batch_size, device = pixel_values.shape[0], pixel_values.device
+    running = torch.arange(batch_size, device=device)
+    state = criterion.initial_state(batch_size, device)
+    exit_layer = torch.full((batch_size,), num_blocks, dtype=torch.long, device=device)
     logits_out: torch.Tensor | None = None
-    exit_layer = torch.full((batch_size,), num_layers, dtype=torch.long, device=hidden.device)
-    exit_after = backbone.exit_after_layer()
-    for index in range(num_layers):
-        tapped, hidden = backbone.run_layer(index, hidden)
-        if index not in exit_after:
-            continue
-        logits, _ = backbone.exits[exit_after[index]](tapped)
-        leaving, state = criterion.step(exit_after[index], logits, state)
+    hidden = pixel_values
+    for index, run in enumerate(segments[:-1]):
+        hidden, logits = run(hidden)
+        leaving, state = criterion.step(logits, settings.thresholds[index], settings.patience, state)
         if logits_out is None:
             logits_out = logits.new_zeros(batch_size, logits.shape[1])
         if leaving.any():
             logits_out[running[leaving]] = logits[leaving]
-            exit_layer[running[leaving]] = index + 1
+            exit_layer[running[leaving]] = exit_layers[index]
             staying = ~leaving
             running, hidden = running[staying], hidden[staying]
             state = {name: value[staying] for name, value in state.items()}
             if running.numel() == 0:
                 return ExitDecisions(logits_out, exit_layer)
-    final = backbone.final_logits(hidden)
+    _, final = segments[-1](hidden)
     if logits_out is None:
         return ExitDecisions(final, exit_layer)
     logits_out[running] = final
     return ExitDecisions(logits_out, exit_layer)
 
 
-def decide_from_logits(criterion: ExitCriterion, exit_logits: list[torch.Tensor], final_logits: torch.Tensor,
-                       exit_layers: list[int], num_layers: int) -> ExitDecisions:
-    """Apply a criterion to logits already computed at every exit (no model run).
+def decide_from_logits(settings: ExitSettings, exit_logits: Sequence[torch.Tensor], final_logits: torch.Tensor,
+                       exit_layers: Sequence[int], num_blocks: int) -> ExitDecisions:
+    """Apply an exit setting to logits already computed at every exit (no model run).
 
     Gives the same decisions as `run_early_exit` on the same inputs; threshold sweeps use it.
 
@@ -137,15 +95,16 @@ def decide_from_logits(criterion: ExitCriterion, exit_logits: list[torch.Tensor]
         exit_logits: one (B, K) tensor per exit, in position order.
         final_logits: (B, K) logits of the final classifier.
         exit_layers: 1-based layer of each exit.
-        num_layers: number of blocks (the exit layer reported when no exit fires).
+        num_blocks: the exit layer reported when no exit fires.
     """
-    batch_size = final_logits.shape[0]
+    criterion = get_criterion(settings.strategy)
+    batch_size, device = final_logits.shape[0], final_logits.device
     logits_out = final_logits.clone()
-    exit_layer = torch.full((batch_size,), num_layers, dtype=torch.long, device=final_logits.device)
-    done = torch.zeros(batch_size, dtype=torch.bool, device=final_logits.device)
-    state = criterion.initial_state(batch_size, final_logits.device)
+    exit_layer = torch.full((batch_size,), num_blocks, dtype=torch.long, device=device)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    state = criterion.initial_state(batch_size, device)
     for index, (logits, layer) in enumerate(zip(exit_logits, exit_layers)):
-        leaving, state = criterion.step(index, logits, state)
+        leaving, state = criterion.step(logits, settings.thresholds[index], settings.patience, state)
         leaving = leaving & ~done
         logits_out[leaving] = logits[leaving]
         exit_layer[leaving] = layer

@@ -1,24 +1,17 @@
-"""Exit heads ("highways") and the LGViT head layouts.
+"""Exit head modules ("highways" in the original code). Head types and layouts are parsed in `models.head_types`.
 
 Every head maps the raw output of one backbone block, a token sequence (B, N, C), to `(logits, feature)`:
-`logits` (B, K) are the exit's prediction and `feature` is what self-distillation compares (stage 2).
+`logits` (B, K) are the exit's prediction and `feature` is what self-distillation compares (stage 2). Each head
+says which kind of feature it hands out in `feature_kind`, so the stage-2 loss follows from the heads:
+- `tokens`: token-level features (B, N', C) of the convolution and attention heads on ViT/DeiT;
+- `pooled`: one vector per sample (B, C) (Swin heads, the ViT `linear` head);
+- `prefix`: the normalised prefix tokens (B, T, C) of the DeiT `linear` head.
 A head learns the token layout (prefix tokens, patch grid, width) from a `TokenLayout` given by the backbone,
 never from hard-coded sizes.
-
-Head types (the original's `highway_type` names):
-- `linear`: ViT (1 prefix token) a tanh pooler on the cls token and a classifier; DeiT (cls + distillation token)
-  a LayerNorm and one classifier per prefix token, averaged; Swin (no prefix token) LayerNorm, token mean, classifier.
-- `conv_normal`, `conv1_1` (the paper's local perception head), `conv2_1`: convolutions over the patch grid.
-- `attention_rN` (the paper's global aggregation head): attention over the patch grid subsampled with stride N.
-- `self_attention`: full multi-head self-attention over the patch tokens.
-- `vit` (ViT-EE): one extra transformer layer, then the `linear` head.
-- `LGViT`: local perception heads on the shallow exits and global aggregation heads on the deep ones
-  (`lgvit_layout`; on Swin `swin_lgvit_layout`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -27,17 +20,9 @@ from torch import nn
 from transformers.models.deit.configuration_deit import DeiTConfig
 from transformers.models.deit.modeling_deit import DeiTAttention, DeiTLayer
 
-LOCAL_HEAD_TYPES = ("conv_normal", "conv1_1", "conv2_1")
-HEAD_TYPE_NAMES = ("linear", "conv_normal", "conv1_1", "conv2_1", "attention_rN (N >= 1)", "self_attention", "vit",
-                   "LGViT")
-_GLOBAL_HEAD = re.compile(r"attention_r(\d+)")
-# The original code's layouts for the exit counts it supported; other counts follow `lgvit_layout`'s rule.
-_ORIGINAL_LGVIT_LAYOUTS = {
-    2: ["conv1_1", "attention_r2"],
-    4: ["conv1_1", "conv2_1", "attention_r2", "attention_r3"],
-    6: ["conv1_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"],
-    8: ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"],
-}
+from .head_types import HeadSpec
+
+TOKENS, POOLED, PREFIX = "tokens", "pooled", "prefix"
 
 
 @dataclass(frozen=True)
@@ -55,66 +40,6 @@ class TokenLayout:
     grid: tuple[int, int]
 
 
-def global_ratio(head_type: str) -> int | None:
-    """The subsampling stride N of an `attention_rN` head type, or None for any other type."""
-    match = _GLOBAL_HEAD.fullmatch(head_type)
-    return int(match.group(1)) if match else None
-
-
-def is_local_head(head_type: str) -> bool:
-    return head_type in LOCAL_HEAD_TYPES
-
-
-def check_head_type(head_type: str, field: str = "highway_type") -> None:
-    """Raise a ValueError naming the allowed values when `head_type` is not a head type."""
-    ratio = global_ratio(head_type)
-    known = head_type in ("linear", "self_attention", "vit", "LGViT") or is_local_head(head_type)
-    if not known and (ratio is None or ratio < 1):
-        raise ValueError(f"`{field}`={head_type!r} is not supported; allowed values: {', '.join(HEAD_TYPE_NAMES)}.")
-
-
-def lgvit_layout(num_exits: int) -> list[str]:
-    """Head types of the LGViT layout for `num_exits` exits, shallow to deep.
-
-    2, 4, 6 and 8 exits reproduce the original layouts. Any other count puts local perception heads on the
-    shallow half (conv1_1 first, then conv2_1) and global aggregation heads on the deep half (stride 2 first,
-    then stride 3); with an odd count the extra exit is global.
-    """
-    if num_exits in _ORIGINAL_LGVIT_LAYOUTS:
-        return list(_ORIGINAL_LGVIT_LAYOUTS[num_exits])
-    num_local = num_exits // 2
-    num_global = num_exits - num_local
-    local = ["conv1_1"] * ((num_local + 1) // 2) + ["conv2_1"] * (num_local // 2)
-    global_ = ["attention_r2"] * ((num_global + 1) // 2) + ["attention_r3"] * (num_global // 2)
-    return local + global_
-
-
-def swin_lgvit_layout(num_exits: int) -> list[str]:
-    """Head types of the LGViT layout on Swin, shallow to deep over all stages.
-
-    The DeiT rule (`lgvit_layout`) with every global aggregation stride one smaller (r2 -> r1, r3 -> r2), since
-    Swin's deep stages have small grids (14x14 and 7x7 at 224 px). For the paper's 8 exits this is the original Swin
-    layout: conv1_1 x2, conv2_1 x2, attention_r1 x2, attention_r2 x2 (global layers 4..23 of Swin-B).
-    """
-    return [f"attention_r{ratio - 1}" if (ratio := global_ratio(head)) else head for head in lgvit_layout(num_exits)]
-
-
-def exit_head_types(highway_type: str, num_exits: int) -> list[str]:
-    """One head type per exit for a configuration's `highway_type`."""
-    check_head_type(highway_type)
-    return lgvit_layout(num_exits) if highway_type == "LGViT" else [highway_type] * num_exits
-
-
-def check_grid_ratio(head_type: str, grid: tuple[int, int], where: str) -> None:
-    """A global aggregation head must keep at least one full stride inside the patch grid."""
-    ratio = global_ratio(head_type)
-    if ratio is not None and ratio > min(grid):
-        raise ValueError(
-            f"`highway_type` {head_type!r} at {where} samples every {ratio}th patch, but the patch grid there is only "
-            f"{grid[0]}x{grid[1]}; use a ratio of at most {min(grid)}."
-        )
-
-
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, H*W, C) patch tokens -> (B, C, H, W) feature map."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
@@ -130,11 +55,6 @@ def sample_grid(tokens: torch.Tensor, grid: tuple[int, int], ratio: int) -> torc
     if ratio == 1:
         return tokens
     return map_to_tokens(tokens_to_map(tokens, grid)[:, :, ::ratio, ::ratio])
-
-
-def sampled_grid(grid: tuple[int, int], ratio: int) -> tuple[int, int]:
-    """Grid size after `sample_grid` with `ratio`."""
-    return tuple(-(-size // ratio) for size in grid)
 
 
 class ConvNormalMixer(nn.Module):
@@ -209,18 +129,17 @@ class SelfAttentionMixer(nn.Module):
         return self.attention(tokens)[0]
 
 
-def build_mixer(head_type: str, width: int, num_heads: int) -> nn.Module:
+def build_mixer(spec: HeadSpec, width: int, num_heads: int) -> nn.Module:
     """The token mixer of a convolution or attention head type."""
-    ratio = global_ratio(head_type)
-    if ratio is not None:
-        return GlobalAggregationMixer(width, ratio)
-    if head_type == "conv_normal":
+    if spec.family == "global":
+        return GlobalAggregationMixer(width, spec.ratio)
+    if spec.name == "conv_normal":
         return ConvNormalMixer(width)
-    if head_type in ("conv1_1", "conv2_1"):
-        return LocalPerceptionMixer(width, depthwise=head_type == "conv1_1")
-    if head_type == "self_attention":
+    if spec.family == "local":
+        return LocalPerceptionMixer(width, depthwise=spec.name == "conv1_1")
+    if spec.family == "self_attention":
         return SelfAttentionMixer(width, num_heads)
-    raise ValueError(f"{head_type!r} has no token mixer.")
+    raise ValueError(f"{spec.name!r} has no token mixer.")
 
 
 class PoolerHead(nn.Module):
@@ -228,6 +147,8 @@ class PoolerHead(nn.Module):
 
     Feature: the pooled vector (B, C).
     """
+
+    feature_kind = POOLED
 
     def __init__(self, width: int, num_labels: int):
         super().__init__()
@@ -245,6 +166,8 @@ class PrefixTokenHead(nn.Module):
     Feature: the normalised prefix tokens (B, T, C).
     """
 
+    feature_kind = PREFIX
+
     def __init__(self, width: int, num_labels: int, num_prefix_tokens: int, layer_norm_eps: float):
         super().__init__()
         self.layernorm = nn.LayerNorm(width, eps=layer_norm_eps)
@@ -261,6 +184,8 @@ class NormMeanHead(nn.Module):
 
     Feature: the pooled vector (B, C).
     """
+
+    feature_kind = POOLED
 
     def __init__(self, width: int, num_labels: int, layer_norm_eps: float):
         super().__init__()
@@ -289,14 +214,16 @@ class MixerHead(nn.Module):
     Feature: the mixed tokens (ViT/DeiT) or the pooled vector (Swin).
     """
 
-    def __init__(self, head_type: str, layout: TokenLayout, num_labels: int, num_heads: int, layer_norm_eps: float):
+    def __init__(self, spec: HeadSpec, layout: TokenLayout, num_labels: int, num_heads: int, layer_norm_eps: float):
         super().__init__()
         self.layout = layout
-        self.mlp = build_mixer(head_type, layout.width, num_heads)
+        self.mlp = build_mixer(spec, layout.width, num_heads)
         if layout.num_prefix_tokens:
+            self.feature_kind = TOKENS
             self.classifiers = nn.ModuleList(nn.Linear(layout.width, num_labels)
                                              for _ in range(layout.num_prefix_tokens))
         else:
+            self.feature_kind = POOLED
             self.readout = NormMeanHead(layout.width, num_labels, layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,25 +247,26 @@ class TransformerLayerHead(nn.Module):
                                   attn_implementation="sdpa")
         self.layer = DeiTLayer(layer_config)
         self.classifier = build_linear_head(layout, num_labels, layer_norm_eps)
+        self.feature_kind = self.classifier.feature_kind
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.classifier(self.layer(hidden))
 
 
-def build_exit_head(head_type: str, layout: TokenLayout, num_labels: int, num_heads: int, intermediate_size: int,
+def build_exit_head(spec: HeadSpec, layout: TokenLayout, num_labels: int, num_heads: int, intermediate_size: int,
                     layer_norm_eps: float) -> nn.Module:
     """Build one exit head.
 
     Args:
-        head_type: a single head type (not `LGViT`; expand it with `exit_head_types` first).
+        spec: the head type (`models.head_types.parse_head_type`; `LGViT` is expanded into its layout first).
         layout: tokens the head reads at its exit.
         num_labels: number of classes K.
         num_heads: attention heads of `self_attention` and `vit` heads (global aggregation heads use 8).
         intermediate_size: MLP width of the `vit` head's transformer layer.
         layer_norm_eps: epsilon of the heads' LayerNorms.
     """
-    if head_type == "linear":
+    if spec.family == "linear":
         return build_linear_head(layout, num_labels, layer_norm_eps)
-    if head_type == "vit":
+    if spec.family == "vit":
         return TransformerLayerHead(layout, num_labels, num_heads, intermediate_size, layer_norm_eps)
-    return MixerHead(head_type, layout, num_labels, num_heads, layer_norm_eps)
+    return MixerHead(spec, layout, num_labels, num_heads, layer_norm_eps)

@@ -16,8 +16,8 @@ from transformers.models.deit.modeling_deit import DeiTEmbeddings, DeiTModel
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from .configuration_highway_deit import DeiTHighwayConfig
-from .heads import TokenLayout, build_exit_head
-from .highway_base import HighwayMixin
+from .early_exit_model import EarlyExitMixin
+from .heads import build_exit_head
 
 
 class DeiTHighwayPreTrainedModel(PreTrainedModel):
@@ -44,11 +44,11 @@ class DeiTHighwayPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if isinstance(module, DeiTEmbeddings):
                 init.trunc_normal_(module.distillation_token, mean=0.0, std=std)
-        if isinstance(module, HighwayMixin):
+        if isinstance(module, EarlyExitMixin):
             init.zeros_(module.training_forwards)
 
 
-class DeiTHighwayForImageClassification(HighwayMixin, DeiTHighwayPreTrainedModel):
+class DeiTHighwayForImageClassification(EarlyExitMixin, DeiTHighwayPreTrainedModel):
     """DeiT/ViT classifier with early-exit heads after chosen blocks.
 
     Differences from transformers' `ViTForImageClassification` / `DeiTForImageClassificationWithTeacher`:
@@ -67,11 +67,10 @@ class DeiTHighwayForImageClassification(HighwayMixin, DeiTHighwayPreTrainedModel
             self.deit = DeiTModel(config, add_pooling_layer=False)
             self.cls_classifier = nn.Linear(config.hidden_size, config.num_labels)
             self.distillation_classifier = nn.Linear(config.hidden_size, config.num_labels)
-        layout = TokenLayout(config.hidden_size, config.num_prefix_tokens, config.patch_grid)
         self.exits = nn.ModuleList(
-            build_exit_head(head_type, layout, config.num_labels, config.num_attention_heads,
-                            config.intermediate_size, config.layer_norm_eps)
-            for head_type in config.head_types()
+            build_exit_head(spec, layout, config.num_labels, config.num_attention_heads, config.intermediate_size,
+                            config.layer_norm_eps)
+            for spec, layout in zip(config.head_specs(), config.exit_token_layouts())
         )
         self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
         self.post_init()
@@ -88,9 +87,6 @@ class DeiTHighwayForImageClassification(HighwayMixin, DeiTHighwayPreTrainedModel
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.backbone_model, *self.final_classifiers()]
-
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeddings = self.backbone_model.embeddings

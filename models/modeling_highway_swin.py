@@ -15,9 +15,8 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.models.swin.modeling_swin import SwinPreTrainedModel
 
 from .configuration_highway_swin import SwinHighwayConfig
-from .heads import TokenLayout, build_exit_head
-from .highway_base import HighwayMixin
-from .pooled_distillation import POOLED_STAGE2_LOSSES
+from .early_exit_model import EarlyExitMixin
+from .heads import build_exit_head
 
 
 class SwinHighwayPreTrainedModel(SwinPreTrainedModel):
@@ -30,11 +29,11 @@ class SwinHighwayPreTrainedModel(SwinPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Swin's init for the backbone and generic init for the heads; the alternation counter starts at 0."""
         super()._init_weights(module)
-        if isinstance(module, HighwayMixin):
+        if isinstance(module, EarlyExitMixin):
             init.zeros_(module.training_forwards)
 
 
-class SwinHighwayForImageClassification(HighwayMixin, SwinHighwayPreTrainedModel):
+class SwinHighwayForImageClassification(EarlyExitMixin, SwinHighwayPreTrainedModel):
     """Swin classifier with early-exit heads after chosen blocks.
 
     Differences from transformers' `SwinForImageClassification`:
@@ -45,31 +44,25 @@ class SwinHighwayForImageClassification(HighwayMixin, SwinHighwayPreTrainedModel
     The final prediction is transformers' Swin head: `classifier` on the token mean of `swin.layernorm`'s output.
     """
 
-    stage2_losses = POOLED_STAGE2_LOSSES
-
     def __init__(self, config: SwinHighwayConfig):
         super().__init__(config)
         config.check()
         self.swin = SwinModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(self.swin.num_features, config.num_labels)
-        grids, widths = config.stage_grids(), config.stage_widths()
         self.exits = nn.ModuleList(
-            build_exit_head(head_type, TokenLayout(widths[stage], 0, grids[stage]), config.num_labels,
-                            config.num_heads[stage], int(config.mlp_ratio * widths[stage]), config.layer_norm_eps)
-            for head_type, stage in zip(config.head_types(), config.exit_stages())
+            build_exit_head(spec, layout, config.num_labels, config.num_heads[stage],
+                            int(config.mlp_ratio * layout.width), config.layer_norm_eps)
+            for spec, layout, stage in zip(config.head_specs(), config.exit_token_layouts(), config.exit_stages())
         )
         # Global block index -> (stage, block within the stage).
         self.block_index = [(stage, block) for stage, depth in enumerate(config.depths) for block in range(depth)]
-        self.grids = grids
+        self.grids = config.stage_grids()
         self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
         self.post_init()
         self.apply_freezing()
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.swin, self.classifier]
-
-    def num_layers(self) -> int:
-        return self.config.total_layers
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeddings = self.swin.embeddings

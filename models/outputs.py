@@ -9,7 +9,7 @@ from transformers.utils import ModelOutput
 
 
 @dataclass
-class HighwayClassifierOutput(ModelOutput):
+class EarlyExitClassifierOutput(ModelOutput):
     """Output of a classifier with early exits.
 
     Attributes:

@@ -1,8 +1,12 @@
-# Shared by the launchers in scripts/ (sourced, never run): repository root, Python, launcher, wandb defaults.
-# Expects SCRIPT_DIR (the directory of the sourcing script).
+# Shared by the launchers in scripts/ (sourced, never run): repository root, Python, launcher, and `lgvit_stage`,
+# the one stage function every train_*/eval_* script calls. Expects SCRIPT_DIR (the sourcing script's directory).
+#
+# Hyperparameters live in the presets (configs/paper/, configs/methods/); a launcher passes paths, and passes a
+# setting only when its variable is set (LR=1e-4, EPOCHS=3, ...). The original scripts' variable names work too.
 
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 RUN="$ROOT/run_classification.py"
+PRESETS="${PRESETS:-$ROOT/configs/paper}"   # configs/digits for the offline runs
 
 # The active virtualenv's python, else the repository's .venv, else python3.
 if [[ -z "${PYTHON:-}" ]]; then
@@ -12,7 +16,8 @@ if [[ -z "${PYTHON:-}" ]]; then
     fi
 fi
 
-# One process per visible GPU (torchrun), plain python on CPU-only machines. NUM_GPUS overrides.
+# One process per visible GPU (torchrun), plain python on CPU-only machines. NUM_GPUS overrides (on a CPU-only
+# machine NUM_GPUS=2 runs two CPU processes).
 NUM_GPUS="${NUM_GPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)}"
 if (( NUM_GPUS > 0 )); then
     LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_GPUS")
@@ -24,14 +29,112 @@ fi
 REPORT_TO="${REPORT_TO:-wandb}"
 export WANDB_DIR="${WANDB_DIR:-$ROOT}"
 
-# Paper backbones: real ViT-B weights, or DeiT-B (distilled) with BACKBONE=DeiT.
+# The original scripts' variable names: MODEL_NAME (the model), NUM_EXITS, and the method tag they put into output
+# paths (PAPER_NAME, ADDTIONAL_INFO, ADD_INFO).
+MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-${MODEL_NAME:-}}"
+NUM_EARLY_EXITS="${NUM_EARLY_EXITS:-${NUM_EXITS:-}}"
+METHOD="${METHOD:-${PAPER_NAME:-${ADDTIONAL_INFO:-${ADD_INFO:-LGViT}}}}"
+
+# Paper backbones: ViT-B/16 (real ViT weights) or DeiT-B (distilled) with BACKBONE=DeiT; Swin-B for *_swin.sh.
 BACKBONE="${BACKBONE:-ViT}"
 case "$BACKBONE" in
     ViT) DEFAULT_MODEL=google/vit-base-patch16-224 ;;
     DeiT) DEFAULT_MODEL=facebook/deit-base-distilled-patch16-224 ;;
-    Swin) DEFAULT_MODEL=microsoft/swin-base-patch4-window7-224 ;;   # set by the *_swin.sh launchers
+    Swin) DEFAULT_MODEL=microsoft/swin-base-patch4-window7-224 ;;
     *) echo "BACKBONE must be ViT, DeiT or Swin, not '$BACKBONE'" >&2; return 2 ;;
 esac
 DATASET="${DATASET:-cifar100}"
-DATA_NAME="${DATASET##*/}"        # Maysee/tiny-imagenet -> tiny-imagenet, for paths and names
+if [[ -n "${TRAIN_DIR:-}${VALIDATION_DIR:-}" ]]; then
+    DATA_NAME="$(basename "$(dirname "${TRAIN_DIR:-$VALIDATION_DIR}/.")")"   # the image folder's name
+else
+    DATA_NAME="${DATASET##*/}"        # Maysee/tiny-imagenet -> tiny-imagenet, for paths and names
+fi
 SAVE_ROOT="${SAVE_ROOT:-$ROOT/saved_models/$BACKBONE-base/$DATA_NAME}"
+
+method_preset() {  # method_preset <name>: the configs/methods file of a method, whatever the case of its name
+    local file
+    for file in "$ROOT"/configs/methods/*.yaml; do
+        if [[ "$(basename "${file%.yaml}" | tr '[:upper:]' '[:lower:]')" == "$(tr '[:upper:]' '[:lower:]' <<< "$1")" ]]; then
+            echo "$file"
+            return 0
+        fi
+    done
+    echo "No preset for method '$1' in configs/methods/ ($(cd "$ROOT/configs/methods" && ls -- *.yaml | tr '\n' ' '))." >&2
+    return 2
+}
+
+preset_value() {  # preset_value <key> <preset file>...: the value the last file setting <key> gives it
+    "$PYTHON" -c 'import sys, yaml
+value = None
+for path in sys.argv[2:]:
+    value = (yaml.safe_load(open(path)) or {}).get(sys.argv[1], value)
+print("" if value is None else value)' "$@"
+}
+
+stage_presets() {  # stage_presets <stage> <method preset>: a stage's presets, later ones overriding earlier ones
+    local stage="$1" method_file="$2" backbone="$(tr '[:upper:]' '[:lower:]' <<< "$BACKBONE")"
+    echo "$PRESETS/$stage.yaml"
+    [[ "$stage" == stage1 ]] && echo "$method_file"
+    [[ -f "$PRESETS/$backbone/$stage.yaml" ]] && echo "$PRESETS/$backbone/$stage.yaml"
+    if [[ "$stage" == stage1 && -f "$ROOT/configs/methods/$backbone/$(basename "$method_file")" ]]; then
+        echo "$ROOT/configs/methods/$backbone/$(basename "$method_file")"
+    fi
+    return 0
+}
+
+lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py arguments...]
+    local stage="$1"
+    shift
+    local method_file presets
+    method_file="$(method_preset "$METHOD")" || return 2   # a wrong METHOD stops before anything runs
+    METHOD="$(basename "${method_file%.yaml}")"             # the preset's own spelling, for paths and names
+    mapfile -t presets < <(stage_presets "$stage" "$method_file")
+    local args=() model output_dir run_name
+    local train_strategy="${TRAIN_STRATEGY:-$(preset_value train_strategy "${presets[@]}")}"
+    local stage1_strategy="${STAGE1_STRATEGY:-$(preset_value train_strategy "$PRESETS/stage1.yaml" "$method_file")}"
+    local stage1_dir="${STAGE1_DIR:-$SAVE_ROOT/$METHOD/$stage1_strategy}"
+    local stage2_dir="$SAVE_ROOT/$METHOD/stage2_${TRAIN_STRATEGY:-$(preset_value train_strategy "$PRESETS/stage2.yaml")}"
+    case "$stage" in
+        base|stage1)
+            model="${MODEL_NAME_OR_PATH:-}"
+            if [[ -z "$model" && -z "${CONFIG_NAME:-}" ]]; then model="$DEFAULT_MODEL"; fi
+            [[ -n "$model" ]] && args+=(--model_name_or_path "$model")
+            [[ -n "${CONFIG_NAME:-}" ]] && args+=(--config_name "$CONFIG_NAME")
+            args+=(--backbone "$BACKBONE")
+            if [[ "$stage" == base ]]; then
+                output_dir="${OUTPUT_DIR:-$SAVE_ROOT/base}"
+            else
+                output_dir="${OUTPUT_DIR:-$SAVE_ROOT/$METHOD/$train_strategy}"
+            fi ;;
+        stage2)
+            args+=(--model_name_or_path "${MODEL_NAME_OR_PATH:-$stage1_dir}")
+            output_dir="${OUTPUT_DIR:-$SAVE_ROOT/$METHOD/stage2_$train_strategy}" ;;
+        eval)
+            # LGViT is evaluated after stage 2, the baselines after stage 1.
+            if [[ -d "$stage2_dir" ]]; then model="$stage2_dir"; else model="$stage1_dir"; fi
+            args+=(--model_name_or_path "${MODEL_NAME_OR_PATH:-$model}")
+            output_dir="${OUTPUT_DIR:-$ROOT/outputs/$BACKBONE-base/$DATA_NAME/$METHOD/eval${EXIT_STRATEGY:+_$EXIT_STRATEGY}${THRESHOLD:+_$THRESHOLD}}" ;;
+        *) echo "lgvit_stage: unknown stage '$stage'" >&2; return 2 ;;
+    esac
+    if [[ -n "${TRAIN_DIR:-}${VALIDATION_DIR:-}" ]]; then
+        [[ -n "${TRAIN_DIR:-}" ]] && args+=(--train_dir "$TRAIN_DIR")
+        [[ -n "${VALIDATION_DIR:-}" ]] && args+=(--validation_dir "$VALIDATION_DIR")
+    else
+        args+=(--dataset_name "$DATASET")
+    fi
+    run_name="${RUN_NAME:-${BACKBONE}_${METHOD}_${stage}_${DATA_NAME}}"
+    export WANDB_PROJECT="${WANDB_PROJECT:-LGViT_${BACKBONE}_${DATA_NAME}}"
+    args+=(--output_dir "$output_dir" --run_name "$run_name" --report_to "$REPORT_TO")
+    # The user's overrides: a setting is passed only when its variable is set.
+    local pair variable flag
+    for pair in LR:learning_rate BATCH_SIZE:per_device_train_batch_size EVAL_BATCH_SIZE:per_device_eval_batch_size \
+            EPOCHS:num_train_epochs SEED:seed HIGHWAY_TYPE:highway_type NUM_EARLY_EXITS:num_early_exits \
+            POSITION_EXITS:position_exits TRAIN_STRATEGY:train_strategy EXIT_STRATEGY:exit_strategy \
+            THRESHOLD:threshold PATIENCE:patience LOSS_COEFFICIENT:loss_coefficient \
+            HOMO_COEFFICIENT:homo_coefficient HETE_COEFFICIENT:hete_coefficient; do
+        variable="${pair%%:*}" flag="${pair#*:}"
+        [[ -n "${!variable:-}" ]] && args+=("--$flag" "${!variable}")
+    done
+    echo "=== $stage: run_classification.py ${presets[*]#$ROOT/} ${args[*]} $* ==="
+    "${LAUNCH[@]}" "$RUN" "${presets[@]}" "${args[@]}" "$@"
+}

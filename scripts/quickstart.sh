@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
 # Offline quickstart, CPU, a few minutes: the whole LGViT recipe on scikit-learn's handwritten digits with a tiny
-# 12-layer DeiT (configs/digits/): base training from scratch, stage 1 (LGViT exit heads), stage 2
-# (self-distillation), then early-exit evaluation. Prints a table and writes OUTPUT_DIR/results.json.
+# 12-layer ViT (configs/digits/): base training from scratch, stage 1 (LGViT exit heads, configs/methods/LGViT.yaml),
+# stage 2 (self-distillation), then early-exit evaluation. Prints a table and writes OUTPUT_DIR/results.json.
 #   bash scripts/quickstart.sh                    # outputs in outputs/quickstart
 #   OUTPUT_DIR=outputs/my_run REPORT_TO=wandb bash scripts/quickstart.sh
+#   EPOCHS=1 bash scripts/quickstart.sh           # every training stage 1 epoch: a quick check, not the results
+# EPOCHS sets the epochs of every training stage (default: the presets' 25 for the base model, 15 for stage 1 and
+# 10 for stage 2); SEED the seed (777).
 # Each stage is one run_classification.py command, shown before it starts. Rerunning overwrites the outputs.
 _lgvit_quickstart() {
     set -euo pipefail
     local SCRIPT_DIR
     SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    local ROOT
-    ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
-    local python="${PYTHON:-}"
-    if [[ -z "$python" ]]; then
-        if [[ -n "${VIRTUAL_ENV:-}" ]]; then python=python
-        elif [[ -x "$ROOT/.venv/bin/python" ]]; then python="$ROOT/.venv/bin/python"
-        else python=python3
-        fi
-    fi
+    REPORT_TO="${REPORT_TO:-none}"
+    source "$SCRIPT_DIR/common.sh"
     local out="${OUTPUT_DIR:-$ROOT/outputs/quickstart}"
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"
@@ -28,24 +24,28 @@ _lgvit_quickstart() {
     # anything else, two OpenMP threads per process made training 6x slower (measured: 48 s instead of 3 s
     # per epoch). Set OMP_NUM_THREADS to use more.
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-    local common=(--report_to "${REPORT_TO:-none}" --seed "${SEED:-777}")
+    local common=(--report_to "$REPORT_TO" --seed "${SEED:-777}") epochs=()
+    if [[ -n "${EPOCHS:-}" ]]; then epochs=(--num_train_epochs "$EPOCHS"); fi
     local start=$SECONDS
 
-    stage() {  # stage <name> <preset> <args...>
-        local name="$1" preset="$2"
-        shift 2
+    stage() {  # stage <name> <presets...> -- <args...>
+        local name="$1" presets=()
+        shift
+        while [[ "$1" != -- ]]; do presets+=("$ROOT/configs/$1"); shift; done
+        shift
         echo
-        echo "=== $name: run_classification.py configs/digits/$preset $* ==="
-        "$python" "$ROOT/run_classification.py" "$configs/$preset" --output_dir "$out/$name" "${common[@]}" "$@"
+        echo "=== $name: run_classification.py ${presets[*]#$ROOT/} $* ==="
+        "$PYTHON" "$RUN" "${presets[@]}" --output_dir "$out/$name" "${common[@]}" "$@"
     }
-    stage base base.yaml --config_name "$configs/tiny_deit.json"
-    stage stage1 stage1.yaml --model_name_or_path "$out/base"
-    stage stage2 stage2.yaml --model_name_or_path "$out/stage1"
-    stage eval eval.yaml --model_name_or_path "$out/stage2"
+    stage base digits/base.yaml -- --config_name "$configs/tiny_deit.json" "${epochs[@]}"
+    stage stage1 digits/stage1.yaml methods/LGViT.yaml -- --model_name_or_path "$out/base" "${epochs[@]}"
+    stage stage2 digits/stage2.yaml -- --model_name_or_path "$out/stage1" "${epochs[@]}"
+    stage eval digits/eval.yaml -- --model_name_or_path "$out/stage2"
     # The same model at full depth: a confidence above 1 is never reached, so every sample runs all 12 layers.
-    stage full_depth eval.yaml --model_name_or_path "$out/stage2" --threshold 1.0 --disable_tqdm True --sweep False
+    stage full_depth digits/eval.yaml -- --model_name_or_path "$out/stage2" --threshold 1.0 --disable_tqdm True \
+        --sweep False
 
-    "$python" "$ROOT/utils/quickstart_report.py" "$out" "$((SECONDS - start))"
+    (cd "$ROOT" && "$PYTHON" -m utils.analysis.quickstart_report "$out" "$((SECONDS - start))")
     echo "Quickstart took $((SECONDS - start)) s."
 }
 ( _lgvit_quickstart "$@" ); _lgvit_status=$?

@@ -1,1 +1,3 @@
-"""Helpers of the LGViT training pipeline: arguments, data, metrics, Trainer and checkpoint tools."""
+"""Everything around the models, by job: `data` (datasets, transforms), `training` (the run's arguments, model set-up,
+Trainer, metrics), `analysis` (FLOPs, sweeps, calibration, timing, figures, reports) and the command-line
+converters of other checkpoint formats (`convert_original_checkpoint`, `convert_timm_checkpoint`)."""

@@ -1,0 +1,145 @@
+"""Serving speed of early exit in three engines: eager PyTorch, compiled PyTorch (`compile_exits`) and onnxruntime
+(`utils.export`), against the full model in the same engine.
+
+The model is the benchmark model of `bench_measured_speedup` (12-layer DeiT, hidden 128, 32x32 images, the 8 LGViT
+exits on layers 4..11, trained a few epochs on the digits; or --checkpoint). Its thresholds are calibrated on
+held-out training digits for each budget, then the test images run, interleaved with a rotating order, through:
+- `eager`: the model's early exit / the backbone with its final classifier only (`full_model_logits`);
+- `compiled`: the same with every segment compiled by torch.compile (inductor) / the full model compiled;
+- `onnxruntime`: `EarlyExitSession` on the exported segments / the exported plain classifier (`full_model.onnx`).
+Printed per engine and batch size: images/s of early exit and of the full model, measured speed-up (full time /
+early-exit time, medians) and measured / FLOPs speed-up. A last, uncalibrated setting spreads the images over every
+exit (the hardest case: every exit head and decision costs latency).
+Targets: the fastest engine keeps >= 0.9 of the FLOPs speed-up at batch 1 and >= 0.95 at batch 64 at the calibrated
+thresholds and beats eager early exit; >= 0.85 at batch 1 in the spread setting.
+
+    python -m benchmarks.bench_deploy [--checkpoint DIR] [--train_epochs 6] [--repeats 7] [--threads 1]
+        [--exporter torchscript]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from benchmarks.bench_measured_speedup import build_model, calibrate_and_report, digits_splits, spread_settings, train
+from models import DeiTHighwayForImageClassification
+from models.segments import Segment, SegmentModule
+from utils.analysis.calibration import write_exit_settings
+from utils.analysis.flops import FlopsProfile, profile_flops
+from utils.analysis.timing import full_model_logits, median_times
+from utils.export import EarlyExitSession, export_onnx
+
+BATCH_SIZES = (64, 1)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="a saved model directory to load instead of training")
+    parser.add_argument("--train_epochs", type=int, default=6)
+    parser.add_argument("--images", type=int, default=192, help="test images timed (a multiple of 64)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
+    return parser.parse_args()
+
+
+class Engines:
+    """The early-exit and full-model calls of every engine, on batches of torch tensors."""
+
+    def __init__(self, model: DeiTHighwayForImageClassification, export_dir: str, exporter: str, threads: int):
+        self.model = model
+        full = SegmentModule(model, Segment(0, model.config.num_blocks, None)).eval()
+        self.compiled_full = torch.compile(full, dynamic=True, fullgraph=True)
+        self.compiled_model = DeiTHighwayForImageClassification(model.config).eval()
+        self.compiled_model.load_state_dict(model.state_dict())
+        self.compiled_model.compile_exits()
+        export_onnx(model, export_dir, exporter=exporter, full_model=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        self.session = EarlyExitSession(export_dir, providers=["CPUExecutionProvider"], options=options)
+        self.full_session = ort.InferenceSession(f"{export_dir}/full_model.onnx", sess_options=options,
+                                                 providers=["CPUExecutionProvider"])
+
+    def sync_settings(self) -> None:
+        """Give the compiled model and the onnxruntime session the eager model's current exit setting."""
+        settings = self.model.config.exit_settings()
+        for target in (self.compiled_model.config, self.session):
+            target.exit_strategy, target.threshold, target.patience = (settings.strategy, list(settings.thresholds),
+                                                                       settings.patience)
+
+    def ways(self, batches: list[torch.Tensor]) -> dict[str, dict[str, object]]:
+        arrays = [batch.numpy() for batch in batches]
+        return {
+            "eager": {"early exit": lambda: [self.model(batch) for batch in batches],
+                      "full model": lambda: [full_model_logits(self.model, batch) for batch in batches]},
+            "compiled": {"early exit": lambda: [self.compiled_model(batch) for batch in batches],
+                         "full model": lambda: [self.compiled_full(batch) for batch in batches]},
+            "onnxruntime": {"early exit": lambda: [self.session(array) for array in arrays],
+                            "full model": lambda: [self.full_session.run(None, {"pixel_values": array})
+                                                   for array in arrays]},
+        }
+
+
+def check_engines_agree(engines: Engines, images: torch.Tensor) -> torch.Tensor:
+    """The three engines give the same exit layers (and close logits); returns them."""
+    with torch.inference_mode():
+        eager = engines.model(images)
+        compiled = engines.compiled_model(images)
+    logits, exit_layer = engines.session(images.numpy())
+    for name, layers, values in (("compiled", compiled.exit_layer.numpy(), compiled.logits.numpy()),
+                                 ("onnxruntime", exit_layer, logits)):
+        agree = (layers == eager.exit_layer.numpy()).mean()
+        difference = np.abs(values - eager.logits.numpy()).max()
+        print(f"  {name}: {100 * agree:.1f}% of exit layers equal eager's, logits within {difference:.1e}")
+    return eager.exit_layer
+
+
+def time_engines(engines: Engines, profile: FlopsProfile, images: torch.Tensor, repeats: int) -> None:
+    engines.sync_settings()
+    exit_layer = check_engines_agree(engines, images)
+    flops_speedup = profile.flops_speedup(exit_layer)
+    print(f"  exit layers {torch.bincount(exit_layer, minlength=13)[1:].tolist()} (layers 1..12), FLOPs speed-up "
+          f"{flops_speedup:.3f}")
+    for batch_size in BATCH_SIZES:
+        ways = engines.ways(list(images.split(batch_size)))
+        with torch.inference_mode():
+            times = median_times({f"{engine}/{kind}": run for engine, pair in ways.items()
+                                  for kind, run in pair.items()}, repeats)
+        early = {engine: times[f"{engine}/early exit"] for engine in ways}
+        for engine in ways:
+            measured = times[f"{engine}/full model"] / early[engine]
+            print(f"  batch {batch_size:>2} {engine:>11}: early exit {len(images) / early[engine]:8.1f} images/s, "
+                  f"full model {len(images) / times[f'{engine}/full model']:8.1f} images/s, measured speed-up "
+                  f"{measured:.3f}, measured / FLOPs = {measured / flops_speedup:.3f}")
+        fastest = min(early, key=early.get)
+        print(f"  batch {batch_size:>2}: fastest early exit {fastest}, {early['eager'] / early[fastest]:.2f}x eager's")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    splits = digits_splits()
+    if args.checkpoint:
+        model = DeiTHighwayForImageClassification.from_pretrained(args.checkpoint).eval()
+    else:
+        model = build_model()
+        train(model, *splits["train"], args.train_epochs)
+    profile = profile_flops(model)
+    images = splits["test"][0][:args.images]
+    with tempfile.TemporaryDirectory() as export_dir:
+        engines = Engines(model, export_dir, args.exporter, args.threads)
+        for budget in ({"max_accuracy_drop": 1.0}, {"target_speedup": 2.0}):
+            calibrate_and_report(model, profile, splits, "confidence", budget)
+            time_engines(engines, profile, images, args.repeats)
+        write_exit_settings(model.config, spread_settings(model, images))
+        print("\nuncalibrated per-exit confidence thresholds that spread the timed images over every exit:")
+        time_engines(engines, profile, images, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

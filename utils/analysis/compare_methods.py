@@ -1,0 +1,102 @@
+"""Compare early-exit methods trained and evaluated by `scripts/compare_methods.sh`: one markdown table and one
+figure holding every method's accuracy/speed-up curve.
+
+Reads, for each method, `<output dir>/<method>/eval/analysis_results.json` (the calibrated operating point, measured
+speed-up included) and `sweep.json` (the method's curve under its own exit criterion), and the base model's
+`<output dir>/base/eval_results.json`. Writes `comparison.md`, `comparison.json` and `comparison.png` in the output
+directory and prints the table.
+
+Usage (from the repository root): python -m utils.analysis.compare_methods <output dir> <method> [<method> ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models.criteria import get_criterion
+from utils.analysis.plots import plot_tradeoff
+from utils.analysis.sweep import load_sweep
+
+# The figure shows the settings at most this many accuracy points below the base model (the useful range).
+ZOOM_POINTS = 10
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: did that method's evaluation run (with --sweep True)?")
+    return json.loads(path.read_text())
+
+
+def method_row(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
+    """One table row from a method's analysis_results.json."""
+    return {
+        "method": name,
+        "criterion": analysis["strategy"],
+        "threshold": analysis["threshold"],
+        "patience": analysis["patience"],
+        "exits": len(analysis["flops"]["exit_layers"]),
+        "head_parameters": analysis["flops"]["head_parameters"],
+        "accuracy": analysis["accuracy"],
+        "final_accuracy": analysis["final_accuracy"],
+        "average_exit_layer": analysis["average_exit_layer"],
+        "layer_speedup": analysis["layer_speedup"],
+        "flops_speedup": analysis["flops_speedup"],
+        "measured_speedup": analysis.get("measured_speedup"),
+        "target": analysis.get("target"),
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]], base_accuracy: float) -> str:
+    """The comparison as a markdown table (accuracies in %)."""
+    lines = [
+        "| method | exits (head params) | exit rule | accuracy (%) | own final head (%) | avg exit layer "
+        "| speed-up: layers | FLOPs | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 |",
+    ]
+    for row in rows:
+        measured = "-" if row["measured_speedup"] is None else f"{row['measured_speedup']:.2f}"
+        lines.append(
+            f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {exit_rule(row)} "
+            f"| {100 * row['accuracy']:.2f} | {100 * row['final_accuracy']:.2f} | {row['average_exit_layer']:.2f} "
+            f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} |"
+        )
+    return "\n".join(lines)
+
+
+def exit_rule(row: dict[str, Any]) -> str:
+    """The criterion and its setting in words, e.g. "confidence > 0.8" or "2 exits in a row with entropy < 0.5"."""
+    return get_criterion(row["criterion"]).describe(row["threshold"], row["patience"])
+
+
+def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
+    """Write comparison.md, comparison.json and comparison.png; returns the rows and the base accuracy."""
+    output_dir = Path(output_dir)
+    base_accuracy = read_json(output_dir / "base" / "eval_results.json")["eval_accuracy"]
+    rows, curves = [], {}
+    for method in methods:
+        analysis = read_json(output_dir / method / "eval" / "analysis_results.json")
+        rows.append(method_row(method, analysis))
+        curves[f"{method} ({analysis['strategy']})"] = load_sweep(output_dir / method / "eval" / "sweep.json")[
+            analysis["strategy"]]
+    table = markdown_table(rows, base_accuracy)
+    target = next((row["target"] for row in rows if row["target"]), None)
+    chosen = f"calibrated on held-out training samples for {target}" if target else "as configured"
+    note = f"Thresholds {chosen}; accuracy and speed-ups on the evaluation split."
+    (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
+    summary = {"base_accuracy": base_accuracy, "methods": rows}
+    (output_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_tradeoff(curves, output_dir / "comparison.png", reference_accuracy=base_accuracy,
+                  reference_label="base model (no exits)", accuracy_floor=base_accuracy - ZOOM_POINTS / 100,
+                  title=f"Accuracy vs FLOPs speed-up, every method (settings within {ZOOM_POINTS} points)")
+    print(f"\n{table}\n\n{note}\nWritten to {output_dir / 'comparison.md'} and {output_dir / 'comparison.png'}")
+    return summary
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__.strip().splitlines()[-1])
+    compare(sys.argv[1], sys.argv[2:])

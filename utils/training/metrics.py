@@ -1,0 +1,70 @@
+"""Accuracy and exit statistics of an evaluation.
+
+Accuracy is scikit-learn's `accuracy_score`: it runs offline, whereas `evaluate.load("accuracy")` fetches its metric
+script from the HuggingFace Hub at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score
+from transformers import EvalPrediction
+
+from utils.analysis.flops import FlopsProfile
+
+
+def accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """Fraction of rows whose top logit is the label (nan for no rows)."""
+    if len(labels) == 0:
+        return float("nan")
+    return float(accuracy_score(np.asarray(labels).reshape(-1), np.asarray(logits).argmax(axis=-1)))
+
+
+def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray, num_blocks: int,
+                 profile: FlopsProfile | None = None) -> dict[str, float]:
+    """Accuracy and where the samples left the network.
+
+    Args:
+        logits: (N, K) the logits each sample left with.
+        exit_layers: (N,) 1-based layer each sample left at; `num_blocks` means the final classifier answered.
+        labels: (N,) class ids.
+        num_blocks: depth of the backbone (12 for ViT/DeiT-B, 24 for Swin-B).
+        profile: the model's FLOPs per part (`utils.analysis.flops.profile_flops`), for the speed-up that counts the heads.
+
+    Returns:
+        `accuracy`; `counts_exit_layer_n` for n = 1..num_blocks (samples that left at layer n);
+        `average_exit_layer`; `speed-up` = num_blocks / average_exit_layer, the layer speed-up of the paper, which
+        ignores the cost of the exit heads (named `layer_speedup` everywhere else; `speed-up` is the original
+        code's name). With `profile` also `flops_speedup` = full-model FLOPs / average per-sample FLOPs with the
+        exit heads run, `average_gflops` and `exit_head_parameters`.
+    """
+    exit_layers = np.asarray(exit_layers).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if exit_layers.min(initial=1) < 1 or exit_layers.max(initial=1) > num_blocks:
+        raise ValueError(f"Exit layers must lie in 1..{num_blocks}; got {sorted(set(exit_layers.tolist()))}.")
+    counts = np.bincount(exit_layers, minlength=num_blocks + 1)
+    average = float(exit_layers.mean()) if exit_layers.size else float(num_blocks)
+    metrics = {"accuracy": accuracy(logits, labels)}
+    metrics.update({f"counts_exit_layer_{n}": int(counts[n]) for n in range(1, num_blocks + 1)})
+    metrics["average_exit_layer"] = average
+    metrics["speed-up"] = num_blocks / average
+    if profile is not None and exit_layers.size:
+        average_flops = profile.expected_flops(torch.from_numpy(exit_layers))
+        metrics["flops_speedup"] = profile.full_model / average_flops
+        metrics["average_gflops"] = average_flops / 1e9
+        metrics["exit_head_parameters"] = profile.head_parameters
+    return metrics
+
+
+def build_compute_metrics(num_blocks: int,
+                          profile: FlopsProfile | None = None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A Trainer `compute_metrics` reading the `(logits, exit_layer)` predictions of `ExitTrainer`."""
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        logits, exit_layers = prediction.predictions
+        return exit_metrics(logits, exit_layers, prediction.label_ids, num_blocks, profile)
+
+    return compute_metrics
