@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from benchmarks.bench_measured_speedup import build_model, calibrate_and_report, digits_splits, spread_settings, train
+from benchmarks.bench_measured_speedup import benchmark_model, calibrate_and_report, digits_splits, spread_settings
 from models import DeiTHighwayForImageClassification
 from models.segments import Segment, SegmentModule
 from utils.analysis.calibration import write_exit_settings
@@ -124,11 +124,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     splits = digits_splits()
-    if args.checkpoint:
-        model = DeiTHighwayForImageClassification.from_pretrained(args.checkpoint).eval()
-    else:
-        model = build_model()
-        train(model, *splits["train"], args.train_epochs)
+    model = benchmark_model(splits, args.checkpoint, args.train_epochs)
     profile = profile_flops(model)
     images = splits["test"][0][:args.images]
     with tempfile.TemporaryDirectory() as export_dir:

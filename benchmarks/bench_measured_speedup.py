@@ -174,17 +174,23 @@ def time_batch_sizes(model: DeiTHighwayForImageClassification, plain: DeiTForIma
                   f"{measured / flops_speedup:.3f}")
 
 
+def benchmark_model(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], checkpoint: str | None, epochs: int,
+                    save_checkpoint: str | None = None) -> DeiTHighwayForImageClassification:
+    """The benchmark model: loaded from `checkpoint`, else built and trained `epochs` epochs (and saved)."""
+    if checkpoint:
+        return DeiTHighwayForImageClassification.from_pretrained(checkpoint).eval()
+    model = build_model()
+    train(model, *splits["train"], epochs)
+    if save_checkpoint:
+        model.save_pretrained(save_checkpoint)
+    return model
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     splits = digits_splits()
-    if args.checkpoint:
-        model = DeiTHighwayForImageClassification.from_pretrained(args.checkpoint).eval()
-    else:
-        model = build_model()
-        train(model, *splits["train"], args.train_epochs)
-        if args.save_checkpoint:
-            model.save_pretrained(args.save_checkpoint)
+    model = benchmark_model(splits, args.checkpoint, args.train_epochs, args.save_checkpoint)
     profile = profile_flops(model)
     print(f"torch threads {torch.get_num_threads()}; FLOPs per image: full model {profile.full_model / 1e6:.1f} M, "
           f"block {profile.blocks[0] / 1e6:.1f} M, exit heads {[round(f / 1e6, 2) for f in profile.exits]} M")

@@ -59,7 +59,8 @@ method_preset() {  # method_preset <name>: the configs/methods file of a method,
             return 0
         fi
     done
-    echo "No preset for method '$1' in configs/methods/ ($(cd "$ROOT/configs/methods" && ls -- *.yaml | tr '\n' ' '))." >&2
+    echo "No preset for method '$1' in configs/methods/: METHOD must be one of" \
+        "$(cd "$ROOT/configs/methods" && ls -- *.yaml | sed 's/\.yaml$//' | paste -sd ' ')." >&2
     return 2
 }
 

@@ -1,15 +1,7 @@
 #!/usr/bin/env bash
-# Stage 1: train the exit heads of METHOD (default LGViT; SDN, PABEE, PCEE, BERxiT, ViT-EE) with the backbone.
-# Backbone: ViT-B/16 (BACKBONE=DeiT: DeiT-B). Run or source from any directory. Settings come from the presets (configs/paper/,
+# Stage 1: train the exit heads of METHOD (default LGViT; SDN, PABEE, PCEE, BERxiT, ViT-EE) with the
+# backbone.
+# Backbone: ViT-B/16, or DeiT-B with BACKBONE=DeiT. Run or source from any directory. Settings come from the presets (configs/paper/,
 # configs/methods/); environment variables override them (README, "The paper's recipe"); extra arguments go to
 # run_classification.py, e.g.  DATASET=Food101 EPOCHS=3 bash scripts/train_baseline_deit.sh --max_train_samples 1000
-_lgvit_launch() {
-    set -euo pipefail
-    local SCRIPT_DIR
-    SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    source "$SCRIPT_DIR/common.sh"
-    lgvit_stage stage1 "$@"
-}
-( _lgvit_launch "$@" ); _lgvit_status=$?
-unset -f _lgvit_launch
-(return 0 2>/dev/null) && return "$_lgvit_status" || exit "$_lgvit_status"
+source "$(dirname "${BASH_SOURCE[0]}")/launch.sh" stage1 deit "$@"
