@@ -3,8 +3,8 @@
 Stage 1 (end to end): `normal`, `weighted`, `alternating`, `alternating_weighted`, `distillation`.
 Stage 2 (backbone and final classifier frozen): `distillation` and `distillation_LGViT`.
 A model picks its loss once from `STAGE1_LOSSES` / `STAGE2_LOSSES`; every function takes an `ExitOutputs`.
-Teachers (the final classifier's logits, the deepest head of each group) are always detached, so a teacher is
-never pulled toward its students.
+Teachers (the final classifier's logits, the last block's tokens that heterogeneous distillation matches, the
+deepest head of each group) are always detached, so a teacher is never pulled toward its students.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def lgvit_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings
             continue
         for index in heterogeneous_exits(group):
             ratio = global_ratio(outputs.head_types[index]) or 1
-            target = sample_grid(outputs.teacher_tokens, outputs.grid, ratio)
+            target = sample_grid(outputs.teacher_tokens.detach(), outputs.grid, ratio)
             hete = hete + heterogeneous_distillation(features[index], target)
         deepest = features[group[-1]].detach()
         for index in group[:-1]:
