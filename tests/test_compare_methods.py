@@ -15,11 +15,42 @@ TINY_RUN = ("--max_train_samples 64 --max_eval_samples 30 --max_steps 2 --per_de
             "--speed_samples 8 --speed_repeats 1 --disable_tqdm True")
 
 
+PRESET_COLUMNS = ("highway_type", "position_exits", "train_strategy", "exit_strategy")
+
+
+def readme_method_table() -> dict[str, dict[str, object]]:
+    """The README's method table: method name -> its preset values as the table states them."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines)
+                  if line.startswith("| method |") and all(f"`{column}`" in line for column in PRESET_COLUMNS))
+    columns = [cell.strip().strip("`") for cell in lines[header].strip("|").split("|")]
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(columns, (cell.strip().strip("`") for cell in line.strip("|").split("|"))))
+        layers = cells["position_exits"]
+        if ".." in layers:
+            first, last = (int(value) for value in layers.split(".."))
+            cells["position_exits"] = list(range(first, last + 1))
+        else:
+            cells["position_exits"] = [int(value) for value in layers.split(",")]
+        rows[cells["method"]] = cells
+    return rows
+
+
+def test_readme_method_table_states_every_preset() -> None:
+    presets = {path.stem for path in (ROOT / "configs" / "methods").glob("*.yaml")}
+    assert presets == set(METHOD_NAMES)
+    assert set(readme_method_table()) == {METHOD_NAMES[preset] for preset in presets}
+
+
 @pytest.mark.parametrize("method", sorted(METHOD_NAMES))
-def test_method_presets_name_their_layout_and_criterion(method: str) -> None:
+def test_method_presets_match_the_readme_table(method: str) -> None:
     preset = yaml.safe_load((ROOT / "configs" / "methods" / f"{method}.yaml").read_text())
-    assert {"highway_type", "num_early_exits", "position_exits", "train_strategy", "exit_strategy"} <= set(preset)
-    assert len(preset["position_exits"]) == preset["num_early_exits"]
+    row = readme_method_table()[METHOD_NAMES[method]]
+    assert {column: preset[column] for column in PRESET_COLUMNS} == {column: row[column] for column in PRESET_COLUMNS}
+    assert preset["num_early_exits"] == len(preset["position_exits"])
 
 
 def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None:
