@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 from pipeline_helpers import TINY_CONFIG, read_json, run_args
 
 import run_classification
@@ -111,7 +112,6 @@ def test_later_argument_files_override_earlier_ones(tmp_path: Path) -> None:
 
 def test_figures_reach_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With --report_to wandb and no account, the run logs offline; the analysis figures are part of it."""
-    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")

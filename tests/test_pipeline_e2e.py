@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from pipeline_helpers import (
     NUM_LAYERS,
     median_first_exit_confidence,
@@ -13,8 +14,15 @@ from pipeline_helpers import (
     stage1_args,
     write_tiny_config,
 )
+from torchvision import transforms as T
 
 import run_classification
+from models import DeiTHighwayForImageClassification
+from utils.arguments import DataTrainingArguments
+from utils.data import load_datasets
+from utils.flops import count_flops
+from utils.image_dataset import decode_rgb
+from utils.timing import full_model_logits
 
 EXIT_KEYS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]
 
@@ -49,6 +57,33 @@ def test_every_stage_writes_its_files(stages: dict[str, Path]) -> None:
     assert not (stages["eval"] / "model.safetensors").exists()
     for name in stages:
         check_eval_metrics(read_json(stages[name] / "eval_results.json"), samples=45)
+
+
+def evaluation_batch(model_dir: Path, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's evaluation samples, transformed here as the README says: resize, centre crop, the saved mean/std."""
+    processor = read_json(model_dir / "preprocessor_config.json")
+    transform = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(),
+                           T.Normalize(processor["image_mean"], processor["image_std"])])
+    split = load_datasets(DataTrainingArguments(dataset_name="digits", max_eval_samples=samples), seed=777)["validation"]
+    images = torch.stack([transform(decode_rgb(row["image"])) for row in split])
+    return images, torch.tensor(split["labels"])
+
+
+@pytest.mark.parametrize("stage", ["base", "stage1", "stage2", "eval"])
+def test_reported_metrics_are_the_saved_models_predictions(stages: dict[str, Path], stage: str) -> None:
+    """Accuracy, exit counts and FLOPs in eval_results.json, recomputed from the saved model on the same samples."""
+    model_dir = stages["stage2" if stage == "eval" else stage]
+    model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
+    images, labels = evaluation_batch(model_dir, 45)
+    flops, outputs = count_flops(model, images)
+    full_flops, _ = count_flops(full_model_logits, model, images)
+    metrics = read_json(stages[stage] / "eval_results.json")
+    assert metrics["eval_accuracy"] == pytest.approx((outputs.logits.argmax(-1) == labels).double().mean().item(),
+                                                     abs=1e-12)
+    assert [metrics[key] for key in EXIT_KEYS] == [outputs.exit_layer.tolist().count(n)
+                                                   for n in range(1, NUM_LAYERS + 1)]
+    assert metrics["eval_average_gflops"] == pytest.approx(flops / 45 / 1e9, rel=1e-9)
+    assert metrics["eval_flops_speed-up"] == pytest.approx(full_flops / flops, rel=1e-9)
 
 
 def test_arguments_reach_the_saved_configs(stages: dict[str, Path]) -> None:
