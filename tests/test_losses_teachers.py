@@ -11,8 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification, SwinHighwayConfig
-from models import SwinHighwayForImageClassification
+from models import (
+    DeiTHighwayConfig,
+    DeiTHighwayForImageClassification,
+    SwinHighwayConfig,
+    SwinHighwayForImageClassification,
+)
 from models.heads import global_ratio, sampled_grid
 from models.losses import (
     ExitOutputs,

@@ -90,7 +90,7 @@ def test_tradeoff_draws_each_criterion_as_its_pareto_front_over_every_setting(sp
         assert_same_points(drawn, front_of(pairs))
         assert len(drawn) < len(set(pairs))  # some settings are dominated, and left off the line
     # Every setting is in the faint scatter, one per criterion, in the curves' order.
-    for (name, points), scatter in zip(curves.items(), axes.collections):
+    for points, scatter in zip(curves.values(), axes.collections):
         assert_same_points(scatter.get_offsets().tolist(), [(p.speedup(speedup), 100 * p.accuracy) for p in points])
     assert line_points(lines["final classifier"])[0][1] == pytest.approx(50.0)
 

@@ -73,6 +73,10 @@ def test_results_json_holds_the_promised_numbers(quickstart) -> None:
     assert results["full_model_accuracy"] == read(out / "base" / "eval_results.json")["eval_accuracy"]
     assert results["lgvit_full_depth_accuracy"] == read(out / "full_depth" / "eval_results.json")["eval_accuracy"]
     assert results["lgvit_flops_speedup"] == lgvit["eval_flops_speed-up"]
+    assert results["lgvit_speedup"] == lgvit["eval_speed-up"] and results["stage1_speedup"] == stage1["eval_speed-up"]
+    assert results["lgvit_average_exit_layer"] == lgvit["eval_average_exit_layer"]
+    assert results["stage1_average_exit_layer"] == stage1["eval_average_exit_layer"]
+    assert counts == {str(n): lgvit[f"eval_counts_exit_layer_{n}"] for n in range(1, 13)}
 
 
 def test_printed_table_and_exits_per_layer(quickstart) -> None:
