@@ -10,8 +10,8 @@ from models import (
     SwinHighwayConfig,
     SwinHighwayForImageClassification,
 )
-from utils.flops import FlopsProfile
-from utils.sweep import CachedLogits
+from utils.analysis.flops import FlopsProfile
+from utils.analysis.sweep import CachedLogits
 
 # 6 layers of width 32 on 16x16 images with 4x4 patches; an exit after every block, including the last one, so that
 # an exit on the last layer must be told apart from the final classifier.

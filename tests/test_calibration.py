@@ -5,9 +5,9 @@ import torch
 from analysis_helpers import images, synthetic_cache, synthetic_profile, tiny_model
 
 from models import DeiTHighwayForImageClassification
-from utils.calibration import calibrate, evaluation_report, write_exit_settings
-from utils.flops import count_flops, profile_flops
-from utils.sweep import collect_logits, evaluate_settings, sweep_criterion
+from utils.analysis.calibration import calibrate, evaluation_report, write_exit_settings
+from utils.analysis.flops import count_flops, profile_flops
+from utils.analysis.sweep import collect_logits, evaluate_settings, sweep_criterion
 
 CRITERIA = ["entropy", "confidence", "patience", "patient_and_confident"]
 

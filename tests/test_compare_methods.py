@@ -9,17 +9,48 @@ import yaml
 from pipeline_helpers import read_json
 from test_pipeline_scripts import ROOT, run_script
 
-from utils.compare_methods import METHOD_NAMES
 
 TINY_RUN = ("--max_train_samples 64 --max_eval_samples 30 --max_steps 2 --per_device_eval_batch_size 16 "
             "--speed_samples 8 --speed_repeats 1 --disable_tqdm True")
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_NAMES))
-def test_method_presets_name_their_layout_and_criterion(method: str) -> None:
+PRESET_COLUMNS = ("highway_type", "position_exits", "train_strategy", "exit_strategy")
+# A preset's file name is its method's name, e.g. configs/methods/ViT-EE.yaml.
+METHODS = sorted(path.stem for path in (ROOT / "configs" / "methods").glob("*.yaml"))
+
+
+def readme_method_table() -> dict[str, dict[str, object]]:
+    """The README's method table: method name -> its preset values as the table states them."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines)
+                  if line.startswith("| method |") and all(f"`{column}`" in line for column in PRESET_COLUMNS))
+    columns = [cell.strip().strip("`") for cell in lines[header].strip("|").split("|")]
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(columns, (cell.strip().strip("`") for cell in line.strip("|").split("|"))))
+        layers = cells["position_exits"]
+        if ".." in layers:
+            first, last = (int(value) for value in layers.split(".."))
+            cells["position_exits"] = list(range(first, last + 1))
+        else:
+            cells["position_exits"] = [int(value) for value in layers.split(",")]
+        rows[cells["method"]] = cells
+    return rows
+
+
+def test_readme_method_table_states_every_preset() -> None:
+    assert METHODS == ["BERxiT", "LGViT", "PABEE", "PCEE", "SDN", "ViT-EE"]
+    assert set(readme_method_table()) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_presets_match_the_readme_table(method: str) -> None:
     preset = yaml.safe_load((ROOT / "configs" / "methods" / f"{method}.yaml").read_text())
-    assert {"highway_type", "num_early_exits", "position_exits", "train_strategy", "exit_strategy"} <= set(preset)
-    assert len(preset["position_exits"]) == preset["num_early_exits"]
+    row = readme_method_table()[method]
+    assert {column: preset[column] for column in PRESET_COLUMNS} == {column: row[column] for column in PRESET_COLUMNS}
+    assert preset["num_early_exits"] == len(preset["position_exits"])
 
 
 def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None:
@@ -27,13 +58,13 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
     finished = run_script(f"bash {ROOT}/scripts/compare_methods.sh {TINY_RUN}", tmp_path, OUTPUT_DIR=str(out),
                           METHODS="pabee lgvit", MAX_ACCURACY_DROP="5")
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert (out / "lgvit" / "stage2" / "config.json").is_file()  # LGViT alone has a stage 2
-    assert read_json(out / "lgvit" / "stage2" / "config.json")["train_strategy"] == "distillation_LGViT"
+    assert (out / "LGViT" / "stage2" / "config.json").is_file()  # LGViT alone has a stage 2
+    assert read_json(out / "LGViT" / "stage2" / "config.json")["train_strategy"] == "distillation_LGViT"
 
     summary = read_json(out / "comparison.json")
     assert [row["method"] for row in summary["methods"]] == ["PABEE", "LGViT"]
     assert summary["base_accuracy"] == read_json(out / "base" / "eval_results.json")["eval_accuracy"]
-    for key, row in zip(("pabee", "lgvit"), summary["methods"]):
+    for key, row in zip(("PABEE", "LGViT"), summary["methods"]):
         analysis = read_json(out / key / "eval" / "analysis_results.json")
         assert row["criterion"] == yaml.safe_load((ROOT / "configs" / "methods" / f"{key}.yaml").read_text())[
             "exit_strategy"] == analysis["strategy"]
@@ -52,5 +83,5 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
 def test_an_unknown_method_stops_before_any_training(tmp_path: Path) -> None:
     finished = run_script(f"bash {ROOT}/scripts/compare_methods.sh", tmp_path, OUTPUT_DIR=str(tmp_path / "out"),
                           METHODS="sdn pabe")
-    assert finished.returncode == 2 and "configs/methods/pabe.yaml" in finished.stderr
+    assert finished.returncode == 2 and "No preset for method 'pabe'" in finished.stderr
     assert not (tmp_path / "out" / "base").exists()

@@ -10,14 +10,42 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
-from pipeline_helpers import run_args, write_tiny_config
+from pipeline_helpers import TINY_CONFIG, read_json, run_args, write_tiny_config
+from torchvision import transforms as T
+from transformers import ViTImageProcessor
 
 import run_classification
-from utils.arguments import DataTrainingArguments
-from utils.data import load_datasets, split_train_eval, standardize_columns
-from utils.digits import load_digits_dataset
-from utils.image_dataset import ImageDataset, collate_fn
-from utils.transforms import build_transforms
+from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from utils.training.arguments import DataTrainingArguments
+from utils.data.loading import load_datasets, split_train_eval, standardize_columns
+from utils.data.digits import load_digits_dataset
+from utils.data.image_dataset import ImageDataset, collate_fn
+from utils.data.transforms import build_transforms
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def record_transforms(monkeypatch: pytest.MonkeyPatch) -> dict[str, T.Compose]:
+    """Capture the transforms run_classification really hands to its datasets: 'train' (the seeded one) and
+    'eval'."""
+    seen: dict[str, T.Compose] = {}
+
+    class RecordingDataset(ImageDataset):
+        def __init__(self, data, transform, seed=None):
+            seen["train" if seed is not None else "eval"] = transform
+            super().__init__(data, transform, seed=seed)
+
+    monkeypatch.setattr(run_classification, "ImageDataset", RecordingDataset)
+    return seen
+
+
+def steps_of(transform: T.Compose, kind: type) -> list:
+    return [step for step in transform.transforms if isinstance(step, kind)]
+
+
+def assert_normalised_with(transform: T.Compose, mean: list[float], std: list[float]) -> None:
+    (normalize,) = steps_of(transform, T.Normalize)
+    assert list(normalize.mean) == pytest.approx(mean) and list(normalize.std) == pytest.approx(std)
 
 
 def digits_args(**kwargs) -> DataTrainingArguments:
@@ -122,12 +150,47 @@ def test_image_folders_of_any_mode_and_size(tmp_path: Path) -> None:
         batch = collate_fn(list(ImageDataset(data[split], transform, seed=0)))
         assert batch["pixel_values"].shape == (6, 3, 16, 16) and torch.isfinite(batch["pixel_values"]).all()
 
+
+def test_image_folders_train_with_the_original_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline on image folders: crops of 8-100% of the area and flips, normalised with ImageNet's mean/std
+    (the model has no image processor of its own)."""
+    root = odd_image_folder(tmp_path / "images")
+    seen = record_transforms(monkeypatch)
     metrics = run_classification.main(run_args(
         tmp_path / "out", config_name=write_tiny_config(tmp_path), dataset_name=None, train_dir=str(root / "train"),
         validation_dir=str(root / "val"), max_train_samples=None, max_eval_samples=None, max_steps=1,
         cache_dir=str(tmp_path / "cache"),
     ))
     assert metrics["eval_samples"] == 6
+    (crop,) = steps_of(seen["train"], T.RandomResizedCrop)
+    assert crop.scale == (0.08, 1.0) and tuple(crop.size) == (16, 16)
+    assert len(steps_of(seen["train"], T.RandomHorizontalFlip)) == 1
+    assert steps_of(seen["eval"], T.RandomResizedCrop) == steps_of(seen["eval"], T.RandomHorizontalFlip) == []
+    for transform in seen.values():
+        assert_normalised_with(transform, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_a_checkpoints_own_normalisation_and_the_digits_augmentation(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint saved with its image processor: train and eval normalise with its mean/std, and the output
+    keeps them. The 8x8 digits get crops of 80-100% and no flips."""
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
+    checkpoint = tmp_path / "checkpoint"
+    fields = {key: value for key, value in TINY_CONFIG.items() if key != "model_type"}
+    DeiTHighwayForImageClassification(DeiTHighwayConfig(**fields, num_labels=10)).save_pretrained(checkpoint)
+    ViTImageProcessor(image_mean=mean, image_std=std).save_pretrained(checkpoint)
+    seen = record_transforms(monkeypatch)
+    output = tmp_path / "out"
+    run_classification.main(run_args(output, model_name_or_path=str(checkpoint), max_steps=1, max_train_samples=16,
+                                     max_eval_samples=8))
+    assert set(seen) == {"train", "eval"}
+    for transform in seen.values():
+        assert_normalised_with(transform, mean, std)
+    saved = read_json(output / "preprocessor_config.json")
+    assert saved["image_mean"] == pytest.approx(mean) and saved["image_std"] == pytest.approx(std)
+    (crop,) = steps_of(seen["train"], T.RandomResizedCrop)
+    assert crop.scale == (0.8, 1.0) and tuple(crop.size) == (16, 16)
+    assert steps_of(seen["train"], T.RandomHorizontalFlip) == []
 
 
 def test_unreadable_files_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

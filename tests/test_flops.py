@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DeiTConfig
 from transformers.models.deit.modeling_deit import DeiTLayer
 
-from utils.flops import count_flops, profile_flops
+from utils.analysis.flops import count_flops, profile_flops
 
 
 def analytic_block_flops(batch: int, tokens: int, width: int, intermediate: int) -> int:
@@ -37,7 +37,7 @@ def test_transformer_block_matches_the_analytic_count(attention):
 def test_profile_parts_add_up_to_a_full_pass():
     model = tiny_model()
     profile = profile_flops(model)
-    assert profile.num_layers == 6 and len(profile.exits) == 6 and profile.exit_layers == (1, 2, 3, 4, 5, 6)
+    assert profile.num_blocks == 6 and len(profile.exits) == 6 and profile.exit_layers == (1, 2, 3, 4, 5, 6)
     tokens = 2 + 16  # cls and distillation tokens + a 4x4 patch grid
     assert profile.blocks == (analytic_block_flops(1, tokens, 32, 48),) * 6
     assert profile.embedding == 2 * 16 * 32 * (3 * 4 * 4)  # the patch convolution

@@ -8,7 +8,7 @@ from transformers import AutoModelForImageClassification, DeiTConfig, ViTConfig,
 from transformers.models.deit.modeling_deit import DeiTForImageClassificationWithTeacher
 
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
-from models.exiting import ExitCriterion, decide_from_logits
+from models.exiting import decide_from_logits
 
 HEAD_TYPES = ["linear", "conv_normal", "conv1_1", "conv2_1", "attention_r1", "attention_r2", "self_attention", "vit",
               "LGViT"]
@@ -32,16 +32,28 @@ def images(batch: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
+def squared_gradient(parameters) -> float:
+    """Sum of the squared gradients of `parameters` (0 for those without one)."""
+    return sum(float(p.grad.pow(2).sum()) for p in parameters if p.grad is not None)
+
+
 @pytest.mark.parametrize("backbone", ["ViT", "DeiT"])
 @pytest.mark.parametrize("head_type", HEAD_TYPES)
-def test_every_trainable_parameter_gets_a_gradient_in_stage1(backbone, head_type):
+def test_stage1_gradients_reach_every_head_the_final_classifiers_and_the_backbone(backbone, head_type):
     model = tiny_model(backbone=backbone, highway_type=head_type, position_exits=[2, 3, 4, 5]).train()
+    assert model.config.train_strategy == "normal"
     outputs = model(images(), labels=torch.tensor([0, 1, 2, 3]))
     assert outputs.logits.shape == (4, 5) and torch.isfinite(outputs.loss)
     assert len(outputs.exit_logits) == 4
     outputs.loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+    # Per head, not per parameter: some parameters legitimately get an exact zero (a key bias under softmax).
+    assert [squared_gradient(head.parameters()) > 0 for head in model.exits] == [True] * 4
+    assert all(squared_gradient(classifier.parameters()) > 0 for classifier in model.final_classifiers())
+    backbone_model = model.backbone_model
+    assert squared_gradient(backbone_model.embeddings.parameters()) > 0
+    assert [squared_gradient(block.parameters()) > 0 for block in backbone_model.layers] == [True] * 6
 
 
 @pytest.mark.parametrize("backbone", ["ViT", "DeiT"])
@@ -50,10 +62,12 @@ def test_stage2_updates_only_the_exit_heads(backbone, strategy):
     model = tiny_model(backbone=backbone, train_strategy=strategy, freeze_backbone=True).train()
     frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith("exits.")}
     heads = {name: p.detach().clone() for name, p in model.named_parameters() if name.startswith("exits.")}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    # No weight decay: a head that got no gradient must not move.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     outputs = model(images(), labels=torch.tensor([0, 1, 2, 3]))
     outputs.loss.backward()
-    assert all(p.grad is None for name, p in model.named_parameters() if name in frozen)
+    assert all(p.grad is None and not p.requires_grad for name, p in model.named_parameters() if name in frozen)
+    assert [squared_gradient(head.parameters()) > 0 for head in model.exits] == [True] * 4
     optimizer.step()
     after = dict(model.named_parameters())
     assert all(torch.equal(after[name], value) for name, value in frozen.items())
@@ -98,8 +112,8 @@ def test_batched_decisions_equal_batch_size_one(backbone, criterion):
         torch.testing.assert_close(batched.logits, torch.cat([out.logits for out in single]), atol=1e-5,
                                    rtol=1e-4)
         # The same decisions from logits cached with every exit computed (what threshold sweeps use).
-        offline = decide_from_logits(ExitCriterion(model.config.exit_settings()), list(scores.exit_logits),
-                                     scores.final_logits, model.config.exit_positions(), model.num_layers())
+        offline = decide_from_logits(model.config.exit_settings(), list(scores.exit_logits),
+                                     scores.final_logits, model.config.exit_positions(), model.config.num_blocks)
         assert offline.exit_layer.tolist() == batched.exit_layer.tolist()
         torch.testing.assert_close(offline.logits, batched.logits, atol=1e-5, rtol=1e-4)
 
@@ -195,14 +209,23 @@ def test_default_positions_are_the_layers_before_the_last():
     assert tiny_config(num_early_exits=3).exit_positions() == [3, 4, 5]
 
 
-@pytest.mark.parametrize("num_exits", [1, 3, 5, 7, 9])
+# The rule for counts the original had no layout for: the shallow half local (conv1_1, then conv2_1), the deep half
+# global (stride 2, then stride 3); an odd extra exit is global.
+OTHER_LGVIT_LAYOUTS = {
+    1: ["attention_r2"],
+    3: ["conv1_1", "attention_r2", "attention_r3"],
+    5: ["conv1_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3"],
+    7: ["conv1_1", "conv1_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"],
+    9: ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r2", "attention_r2", "attention_r2", "attention_r3",
+        "attention_r3"],
+}
+
+
+@pytest.mark.parametrize("num_exits", sorted(OTHER_LGVIT_LAYOUTS))
 def test_lgvit_rule_for_other_exit_counts(num_exits):
     config = DeiTHighwayConfig(**dict(BACKBONE_FIELDS, num_hidden_layers=12), highway_type="LGViT",
                                num_early_exits=num_exits)
-    heads = config.head_types()
-    local = [h for h in heads if h.startswith("conv")]
-    assert len(heads) == num_exits and heads[:len(local)] == local  # local heads on the shallow exits
-    assert len(local) == num_exits // 2 and all(h.startswith("attention_r") for h in heads[len(local):])
+    assert [spec.name for spec in config.head_specs()] == OTHER_LGVIT_LAYOUTS[num_exits]
 
 
 @pytest.mark.parametrize("num_exits, layout", [
@@ -215,7 +238,7 @@ def test_original_lgvit_layouts(num_exits, layout):
     """The original code's layouts (original-behaviour.md section 4), on the default last exit positions."""
     config = DeiTHighwayConfig(**dict(BACKBONE_FIELDS, num_hidden_layers=12), highway_type="LGViT",
                                num_early_exits=num_exits)
-    assert config.head_types() == layout
+    assert [spec.name for spec in config.head_specs()] == layout
 
 
 def test_any_image_patch_and_width():

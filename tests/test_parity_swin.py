@@ -48,7 +48,7 @@ def test_logits_and_features(case):
 
 
 def test_lgvit_case_uses_the_original_swin_layout():
-    assert converted("swin_lgvit").config.head_types() == [
+    assert [spec.name for spec in converted("swin_lgvit").config.head_specs()] == [
         "conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r1", "attention_r1", "attention_r2", "attention_r2"]
 
 

@@ -13,9 +13,9 @@ from pipeline_helpers import TINY_CONFIG, run_args
 
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
-from utils.arguments import ModelArguments, parse_arguments
-from utils.metrics import exit_metrics
-from utils.reporting import configure_wandb
+from utils.training.arguments import ModelArguments, parse_arguments
+from utils.training.metrics import exit_metrics
+from utils.training.logging_setup import configure_wandb
 
 
 @pytest.fixture
@@ -109,10 +109,10 @@ def test_wandb_left_alone(no_wandb_login: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_exit_metrics() -> None:
     logits = np.eye(4)[[0, 1, 2, 3, 0]]
-    metrics = exit_metrics(logits, np.array([1, 1, 3, 4, 4]), np.array([0, 1, 2, 0, 0]), num_layers=4)
+    metrics = exit_metrics(logits, np.array([1, 1, 3, 4, 4]), np.array([0, 1, 2, 0, 0]), num_blocks=4)
     assert metrics["accuracy"] == pytest.approx(0.8)
     assert [metrics[f"counts_exit_layer_{n}"] for n in range(1, 5)] == [2, 0, 1, 2]
     assert metrics["average_exit_layer"] == pytest.approx(2.6)
     assert metrics["speed-up"] == pytest.approx(4 / 2.6)
     with pytest.raises(ValueError, match="1..4"):
-        exit_metrics(logits, np.array([0, 1, 2, 3, 4]), np.zeros(5), num_layers=4)
+        exit_metrics(logits, np.array([0, 1, 2, 3, 4]), np.zeros(5), num_blocks=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from pipeline_helpers import (
     NUM_LAYERS,
     median_first_exit_confidence,
@@ -13,8 +14,15 @@ from pipeline_helpers import (
     stage1_args,
     write_tiny_config,
 )
+from torchvision import transforms as T
 
 import run_classification
+from models import DeiTHighwayForImageClassification
+from utils.training.arguments import DataTrainingArguments
+from utils.data.loading import load_datasets
+from utils.analysis.flops import count_flops
+from utils.data.image_dataset import decode_rgb
+from utils.analysis.timing import full_model_logits
 
 EXIT_KEYS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]
 
@@ -49,6 +57,47 @@ def test_every_stage_writes_its_files(stages: dict[str, Path]) -> None:
     assert not (stages["eval"] / "model.safetensors").exists()
     for name in stages:
         check_eval_metrics(read_json(stages[name] / "eval_results.json"), samples=45)
+
+
+def evaluation_batch(model_dir: Path, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's evaluation samples, transformed here as the README says: resize, centre crop, the saved mean/std."""
+    processor = read_json(model_dir / "preprocessor_config.json")
+    transform = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(),
+                           T.Normalize(processor["image_mean"], processor["image_std"])])
+    arguments = DataTrainingArguments(dataset_name="digits", max_eval_samples=samples)
+    split = load_datasets(arguments, seed=777)["validation"]
+    images = torch.stack([transform(decode_rgb(row["image"])) for row in split])
+    return images, torch.tensor(split["labels"])
+
+
+@pytest.mark.parametrize("stage", ["base", "stage1", "stage2", "eval", "spread_exits"])
+def test_reported_metrics_are_the_saved_models_predictions(stages: dict[str, Path], stage: str,
+                                                           tmp_path: Path) -> None:
+    """Accuracy, exit counts and FLOPs in eval_results.json, recomputed from the saved model on the same samples.
+
+    The short runs leave the exits unsure (every sample reaches the final classifier at the threshold of 0.5), so
+    "spread_exits" evaluates the stage-2 model again at a threshold that sends the samples to several layers.
+    """
+    model_dir = stages["stage2" if stage in ("eval", "spread_exits") else stage]
+    model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
+    results = stages[stage] if stage in stages else tmp_path
+    if stage == "spread_exits":
+        threshold = f"{median_first_exit_confidence(model_dir, 45):.6f}"
+        run_classification.main(run_args(tmp_path, model_name_or_path=str(model_dir), do_train=False,
+                                         threshold=threshold))
+        model.config.threshold = float(threshold)
+    images, labels = evaluation_batch(model_dir, 45)
+    flops, outputs = count_flops(model, images)
+    full_flops, _ = count_flops(full_model_logits, model, images)
+    metrics = read_json(results / "eval_results.json")
+    if stage == "spread_exits":
+        assert len(set(outputs.exit_layer.tolist())) >= 2
+    assert metrics["eval_accuracy"] == pytest.approx((outputs.logits.argmax(-1) == labels).double().mean().item(),
+                                                     abs=1e-12)
+    assert [metrics[key] for key in EXIT_KEYS] == [outputs.exit_layer.tolist().count(n)
+                                                   for n in range(1, NUM_LAYERS + 1)]
+    assert metrics["eval_average_gflops"] == pytest.approx(flops / 45 / 1e9, rel=1e-9)
+    assert metrics["eval_flops_speedup"] == pytest.approx(full_flops / flops, rel=1e-9)
 
 
 def test_arguments_reach_the_saved_configs(stages: dict[str, Path]) -> None:

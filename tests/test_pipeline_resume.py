@@ -10,7 +10,7 @@ from pipeline_helpers import read_json, run_args, stage1_args, write_tiny_config
 from safetensors.torch import load_file
 
 import run_classification
-from utils.trainer import ExitTrainer
+from utils.training.trainer import ExitTrainer
 
 
 class SimulatedKill(Exception):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from analysis_helpers import images, synthetic_cache, synthetic_profile, tiny_model, tiny_swin
 
-from models.exiting import entropy
-from utils.flops import count_flops, profile_flops
-from utils.sweep import (
+from models.criteria import entropy
+from utils.analysis.flops import count_flops, profile_flops
+from utils.analysis.sweep import (
     CachedLogits,
     collect_logits,
     evaluate_settings,
@@ -121,7 +121,7 @@ def test_cache_and_sweep_files_round_trip(tmp_path, analysed):
     _, _, _, cache, profile = analysed
     cache.save(tmp_path / "logits.pt")
     loaded = CachedLogits.load(tmp_path / "logits.pt")
-    assert loaded.exit_layers == cache.exit_layers and loaded.num_layers == cache.num_layers
+    assert loaded.exit_layers == cache.exit_layers and loaded.num_blocks == cache.num_blocks
     assert torch.equal(loaded.exit_logits, cache.exit_logits) and torch.equal(loaded.labels, cache.labels)
     first, rest = cache.split(0.25, seed=0)
     assert len(first) == 12 and len(rest) == 36
@@ -147,7 +147,7 @@ def test_swin_sweep_equals_online_early_exit(criterion):
     pixel_values = images(24, size=32)
     labels = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(2))
     cache, profile = collect_logits(model, [(pixel_values, labels)]), profile_flops(model)
-    assert cache.exit_layers == (2, 4, 5, 7) and cache.num_layers == 7 and profile.num_layers == 7
+    assert cache.exit_layers == (2, 4, 5, 7) and cache.num_blocks == 7 and profile.num_blocks == 7
     grid = threshold_grid(cache, criterion, 5)
     model.config.exit_strategy, model.config.patience = criterion, 2
     model.config.threshold = grid[len(grid) // 2]

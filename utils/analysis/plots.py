@@ -3,7 +3,8 @@
 - `plot_tradeoff`: accuracy vs speed-up, one curve per label: the criteria of one model, or several methods.
 - `plot_exit_histogram`: how many samples left at each layer.
 - `plot_exit_accuracy`: the accuracy of each exit (every sample read there) and of the final classifier.
-`log_figures_to_wandb` sends written figures to the active wandb run, if there is one.
+Each `plot_*` draws its figure with the matching `*_figure` function (which returns the matplotlib Figure) and
+writes it with `save_figure`. `log_figures_to_wandb` sends written figures to the active wandb run, if there is one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.analysis.sweep import SweepPoint, pareto_front
+from .sweep import SweepPoint, pareto_front
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ def _new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
     return figure
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write `figure` as a PNG file (parent directories created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
@@ -42,13 +44,21 @@ def _save(figure: Figure, path: str | Path) -> Path:
 def plot_tradeoff(curves: Mapping[str, Sequence[SweepPoint]], path: str | Path, speedup: str = "flops",
                   reference_accuracy: float | None = None, title: str | None = None,
                   reference_label: str = "final classifier", accuracy_floor: float | None = None) -> Path:
+    """`tradeoff_figure` written to `path` as a PNG."""
+    return save_figure(tradeoff_figure(curves, speedup, reference_accuracy, title, reference_label, accuracy_floor),
+                       path)
+
+
+def tradeoff_figure(curves: Mapping[str, Sequence[SweepPoint]], speedup: str = "flops",
+                    reference_accuracy: float | None = None, title: str | None = None,
+                    reference_label: str = "final classifier", accuracy_floor: float | None = None) -> Figure:
     """Accuracy (%) vs speed-up, one curve per entry of `curves`.
 
     Each curve is its Pareto front (every setting no other setting beats in both), drawn over a faint scatter of
     all its settings, so two-parameter criteria (patient_and_confident) read as one line.
 
     Args:
-        curves: label -> sweep points, e.g. `utils.sweep.sweep(...)` or {"LGViT": ..., "PABEE": ...}.
+        curves: label -> sweep points, e.g. `utils.analysis.sweep.sweep(...)` or {"LGViT": ..., "PABEE": ...}.
         speedup: `flops` or `layer`.
         reference_accuracy: the final classifier's accuracy (fraction), drawn as a dashed line labelled
             `reference_label`.
@@ -72,11 +82,17 @@ def plot_tradeoff(curves: Mapping[str, Sequence[SweepPoint]], path: str | Path, 
     axes.set_title(title or "Accuracy vs speed-up")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return figure
 
 
 def plot_exit_histogram(exit_layer: torch.Tensor, num_blocks: int, path: str | Path,
                         exit_layers: Sequence[int] = (), title: str | None = None) -> Path:
+    """`exit_histogram_figure` written to `path` as a PNG."""
+    return save_figure(exit_histogram_figure(exit_layer, num_blocks, exit_layers, title), path)
+
+
+def exit_histogram_figure(exit_layer: torch.Tensor, num_blocks: int, exit_layers: Sequence[int] = (),
+                          title: str | None = None) -> Figure:
     """Bar chart of the samples that left at each layer 1..num_blocks (`exit_layer` as the models report it).
 
     Layers carrying an exit (`exit_layers`) are drawn darker; the last layer includes the final classifier.
@@ -95,11 +111,17 @@ def plot_exit_histogram(exit_layer: torch.Tensor, num_blocks: int, path: str | P
     axes.set_ylabel("samples")
     axes.set_title(title or "Where samples left the network")
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return figure
 
 
 def plot_exit_accuracy(exit_accuracies: Sequence[float], exit_layers: Sequence[int], final_accuracy: float,
                        num_blocks: int, path: str | Path, title: str | None = None) -> Path:
+    """`exit_accuracy_figure` written to `path` as a PNG."""
+    return save_figure(exit_accuracy_figure(exit_accuracies, exit_layers, final_accuracy, num_blocks, title), path)
+
+
+def exit_accuracy_figure(exit_accuracies: Sequence[float], exit_layers: Sequence[int], final_accuracy: float,
+                         num_blocks: int, title: str | None = None) -> Figure:
     """Accuracy (%) of every exit and of the final classifier, by layer."""
     figure = _new_figure()
     axes = figure.add_subplot()
@@ -112,7 +134,7 @@ def plot_exit_accuracy(exit_accuracies: Sequence[float], exit_layers: Sequence[i
     axes.set_title(title or "Accuracy of each exit")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return figure
 
 
 def log_figures_to_wandb(figures: Mapping[str, str | Path], prefix: str = "analysis") -> bool:

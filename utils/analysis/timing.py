@@ -19,25 +19,31 @@ def full_model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     return model.final_logits(hidden)
 
 
-def median_times(ways: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def median_times(ways: dict[str, Callable[[], object]], repeats: int,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds of each way over `repeats` rounds, after one warm-up call each; the order of the ways
-    rotates every round, so a slow spell of a busy machine hits them alike."""
+    rotates every round, so a slow spell of a busy machine hits them alike.
+
+    `clock` reads the time (seconds by default); any other monotonic counter, e.g. of work done, measures in its
+    own unit."""
     names, runs = list(ways), {name: [] for name in ways}
     for name in names:
         ways[name]()
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = clock()
             ways[name]()
-            runs[name].append(time.perf_counter() - start)
+            runs[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
-def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 5) -> dict[str, float]:
+def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 5,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Time `images` through the full model and through the model's own early exit (its current thresholds).
 
-    Returns images/s of both and `measured_speedup` = full-model time / early-exit time (medians).
+    Returns images/s of both and `measured_speedup` = full-model time / early-exit time (medians). `clock` as in
+    `median_times` (wall-clock seconds by default).
     """
     was_training = model.training
     model.eval()
@@ -55,7 +61,8 @@ def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, rep
     try:
         with torch.inference_mode():
             times = median_times({"full_model": synchronised(lambda batch: full_model_logits(model, batch)),
-                                  "early_exit": synchronised(lambda batch: model(batch, early_exit=True))}, repeats)
+                                  "early_exit": synchronised(lambda batch: model(batch, early_exit=True))}, repeats,
+                                 clock)
     finally:
         model.train(was_training)
     return {
