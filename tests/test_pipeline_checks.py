@@ -72,8 +72,10 @@ def test_model_fields_in_their_original_forms() -> None:
 
 
 def test_unknown_flag_is_an_error() -> None:
-    with pytest.raises(ValueError, match="train_highway"):
-        parse_arguments(["--model_name_or_path", "m", "--dataset_name", "digits", "--train_highway", "True"])
+    """A flag nobody knows (here a misspelling) stops the parse; the original scripts' flags are known
+    (test_original_arguments.py)."""
+    with pytest.raises(ValueError, match="train_higway"):
+        parse_arguments(["--model_name_or_path", "m", "--dataset_name", "digits", "--train_higway", "True"])
 
 
 @pytest.fixture

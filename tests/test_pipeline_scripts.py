@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from pipeline_helpers import NUM_LAYERS, read_json, write_tiny_config
@@ -16,7 +17,8 @@ SHORT_RUN = ["--max_train_samples", "32", "--max_eval_samples", "20", "--max_ste
 
 def run_script(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                   "NUM_GPUS": "0", "REPORT_TO": "none", "DATASET": "digits", "BATCH_SIZE": "16", **env}
+                   "NUM_GPUS": "0", "REPORT_TO": "none", "DATASET": "digits", "BATCH_SIZE": "16",
+                   "PYTHON": sys.executable, **env}
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=300)
 

@@ -58,6 +58,7 @@ def test_figures_go_to_an_active_wandb_run(tmp_path):
         assert log_figures_to_wandb({"histogram": path})
     finally:
         run.finish()
+        wandb.teardown()  # end wandb's session, so later runs in this process set their own mode and directory
 
 
 def front_of(pairs: list[tuple[float, float]]) -> list[tuple[float, float]]:

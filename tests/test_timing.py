@@ -114,3 +114,42 @@ def test_early_exit_that_never_fires_costs_more_than_the_full_model(backbone: st
     assert measured["measured_speedup"] == pytest.approx(expected, rel=1e-12)
     assert measured["measured_speedup"] < 1.0
     clock.remove()
+
+
+def test_the_speedup_is_the_median_of_paired_rounds_and_reports_their_range() -> None:
+    """Each round times both paths back to back; a round slowed down for one path shows in the range, and the
+    median round is the reported value."""
+    model, clock, num_blocks = deit_with_clock()
+    model.config.exit_strategy, model.config.threshold = "confidence", 0.0  # every sample leaves at exit 1
+    slow = {"round": 0}
+    full_forward = type(model).final_logits
+
+    def slower_in_round_two(self, hidden):  # the reference's final head costs extra work in one round only
+        slow["round"] += 1
+        clock.total += 100.0 if slow["round"] == 3 else 0.0
+        return full_forward(self, hidden)
+
+    type(model).final_logits = slower_in_round_two
+    try:
+        result = measure_speedup(model, images(4, size=16), batch_size=4, repeats=5, clock=clock)
+    finally:
+        type(model).final_logits = full_forward
+        clock.remove()
+    ordinary = 4 * num_blocks * BLOCK_WORK / (4 * BLOCK_WORK + 4 * HEAD_WORK)
+    assert result["measured_speedup"] == pytest.approx(ordinary)
+    assert result["measured_speedup_range"][0] == pytest.approx(ordinary)
+    assert result["measured_speedup_range"][1] > ordinary + 10 and result["timed_rounds"] == 5
+
+
+def test_a_measured_speedup_above_the_layer_speedup_is_reported_broken() -> None:
+    from utils.analysis.compare_methods import measured_cell
+    from utils.analysis.report import measured_speedup_is_valid
+
+    report = {"measured_speedup": 3.2, "measured_speedup_range": [3.0, 3.4], "layer_speedup": 3.0,
+              "flops_speedup": 2.9}
+    assert not measured_speedup_is_valid(report)
+    assert measured_speedup_is_valid({**report, "measured_speedup": 2.8})
+    row = {**report, "measured_speedup_valid": False}
+    assert measured_cell(row) == "broken (3.20 > layers 3.00)"
+    assert measured_cell({**row, "measured_speedup": 2.8, "measured_speedup_valid": True}) == "2.80 (3.00-3.40)"
+    assert measured_cell({**row, "measured_speedup": None}) == "-"

@@ -45,6 +45,10 @@ def method_row(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
         "layer_speedup": analysis["layer_speedup"],
         "flops_speedup": analysis["flops_speedup"],
         "measured_speedup": analysis.get("measured_speedup"),
+        "measured_speedup_range": analysis.get("measured_speedup_range"),
+        "measured_speedup_valid": analysis.get("measured_speedup_valid"),
+        "timed_images": analysis.get("timed_images"),
+        "timed_rounds": analysis.get("timed_rounds"),
         "target": analysis.get("target"),
     }
 
@@ -53,18 +57,29 @@ def markdown_table(rows: list[dict[str, Any]], base_accuracy: float) -> str:
     """The comparison as a markdown table (accuracies in %)."""
     lines = [
         "| method | exits (head params) | exit rule | accuracy (%) | own final head (%) | avg exit layer "
-        "| speed-up: layers | FLOPs | measured |",
+        "| speed-up: layers | FLOPs | measured (range) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 |",
     ]
     for row in rows:
-        measured = "-" if row["measured_speedup"] is None else f"{row['measured_speedup']:.2f}"
+        measured = measured_cell(row)
         lines.append(
             f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {exit_rule(row)} "
             f"| {100 * row['accuracy']:.2f} | {100 * row['final_accuracy']:.2f} | {row['average_exit_layer']:.2f} "
             f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} |"
         )
     return "\n".join(lines)
+
+
+def measured_cell(row: dict[str, Any]) -> str:
+    """The measured speed-up with the range of its rounds, "broken" when it exceeds the layer speed-up, "-" when
+    not measured."""
+    if row["measured_speedup"] is None:
+        return "-"
+    if not row["measured_speedup_valid"]:
+        return f"broken ({row['measured_speedup']:.2f} > layers {row['layer_speedup']:.2f})"
+    low, high = row["measured_speedup_range"]
+    return f"{row['measured_speedup']:.2f} ({low:.2f}-{high:.2f})"
 
 
 def exit_rule(row: dict[str, Any]) -> str:
@@ -86,6 +101,11 @@ def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
     target = next((row["target"] for row in rows if row["target"]), None)
     chosen = f"calibrated on held-out training samples for {target}" if target else "as configured"
     note = f"Thresholds {chosen}; accuracy and speed-ups on the evaluation split."
+    timed = next((row for row in rows if row["timed_rounds"]), None)
+    if timed:
+        note += (f" Measured: the median over {timed['timed_rounds']} rounds of full-model time / early-exit time on "
+                 f"{timed['timed_images']} evaluation images, with the smallest and largest round in brackets; a "
+                 "measurement above the layer speed-up is marked broken.")
     (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
     summary = {"base_accuracy": base_accuracy, "methods": rows}
     (output_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")

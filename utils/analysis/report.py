@@ -43,6 +43,18 @@ def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_
                          "the same value every training stage used, so the calibration samples were never trained on.")
 
 
+def measured_speedup_is_valid(report: dict[str, Any]) -> bool:
+    """A measured speed-up above the layer speed-up cannot come from skipping layers (every layer left out saves at
+    most its own time): such a timing is broken (too few images or rounds, or a machine busy with other work)."""
+    if report["measured_speedup"] <= report["layer_speedup"]:
+        return True
+    logger.warning("Measured speed-up %.3f (rounds %.3f-%.3f) exceeds the layer speed-up %.3f, which skipping layers "
+                   "cannot do: the timing is broken and is not reported. Time more images or rounds "
+                   "(--speed_samples, --speed_repeats) on a quiet machine.", report["measured_speedup"],
+                   *report["measured_speedup_range"], report["layer_speedup"])
+    return False
+
+
 def cache_logits(model: nn.Module, dataset: Dataset, batch_size: int) -> CachedLogits:
     """Every exit's logits on `dataset` (rows of `utils.image_dataset.ImageDataset`), in one pass."""
     return collect_logits(model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
@@ -94,6 +106,7 @@ def analyse_evaluation(model: nn.Module, dataset: Dataset, profile: FlopsProfile
         images = torch.stack([pixels for pixels in rows if pixels is not None])  # unreadable images are skipped
         report.update(measure_speedup(model, images, batch_size, args.speed_repeats))
         report["measured_over_flops_speedup"] = report["measured_speedup"] / report["flops_speedup"]
+        report["measured_speedup_valid"] = measured_speedup_is_valid(report)
     _, exit_index = exit_decisions(cache, settings)
     figures = write_figures(cache, curves, exit_layers_of(cache, exit_index), output_dir)
     (output_dir / "analysis_results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,10 +1,12 @@
-"""Wall-clock timing of early exit against the full model: interleaved repetitions, medians, ratios."""
+"""Wall-clock timing of early exit against the full model: interleaved repetitions, medians, ratios and their
+spread."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +21,10 @@ def full_model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     return model.final_logits(hidden)
 
 
-def median_times(ways: dict[str, Callable[[], object]], repeats: int,
-                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median seconds of each way over `repeats` rounds, after one warm-up call each; the order of the ways
-    rotates every round, so a slow spell of a busy machine hits them alike.
+def round_times(ways: dict[str, Callable[[], object]], repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds of each way in each of `repeats` rounds, after one warm-up call each; the order of the ways rotates
+    every round, so a slow spell of a busy machine hits them alike.
 
     `clock` reads the time (seconds by default); any other monotonic counter, e.g. of work done, measures in its
     own unit."""
@@ -35,15 +37,22 @@ def median_times(ways: dict[str, Callable[[], object]], repeats: int,
             start = clock()
             ways[name]()
             runs[name].append(clock() - start)
-    return {name: statistics.median(values) for name, values in runs.items()}
+    return runs
 
 
-def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 5,
-                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def median_times(ways: dict[str, Callable[[], object]], repeats: int,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median time of each way over `round_times`' rounds."""
+    return {name: statistics.median(values) for name, values in round_times(ways, repeats, clock).items()}
+
+
+def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 11,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Time `images` through the full model and through the model's own early exit (its current thresholds).
 
-    Returns images/s of both and `measured_speedup` = full-model time / early-exit time (medians). `clock` as in
-    `median_times` (wall-clock seconds by default).
+    Each round times both, back to back; `measured_speedup` is the median over rounds of full-model time /
+    early-exit time, and `measured_speedup_range` the smallest and largest round's ratio (how much it moved).
+    Also images/s of both (medians). `clock` as in `round_times` (wall-clock seconds by default).
     """
     was_training = model.training
     model.eval()
@@ -60,15 +69,18 @@ def measure_speedup(model: nn.Module, images: torch.Tensor, batch_size: int, rep
 
     try:
         with torch.inference_mode():
-            times = median_times({"full_model": synchronised(lambda batch: full_model_logits(model, batch)),
-                                  "early_exit": synchronised(lambda batch: model(batch, early_exit=True))}, repeats,
-                                 clock)
+            times = round_times({"full_model": synchronised(lambda batch: full_model_logits(model, batch)),
+                                 "early_exit": synchronised(lambda batch: model(batch, early_exit=True))}, repeats,
+                                clock)
     finally:
         model.train(was_training)
+    ratios = [full / early for full, early in zip(times["full_model"], times["early_exit"])]
     return {
-        "full_model_images_per_second": len(images) / times["full_model"],
-        "early_exit_images_per_second": len(images) / times["early_exit"],
-        "measured_speedup": times["full_model"] / times["early_exit"],
+        "full_model_images_per_second": len(images) / statistics.median(times["full_model"]),
+        "early_exit_images_per_second": len(images) / statistics.median(times["early_exit"]),
+        "measured_speedup": statistics.median(ratios),
+        "measured_speedup_range": [min(ratios), max(ratios)],
         "timed_images": len(images),
+        "timed_rounds": repeats,
         "timing_batch_size": batch_size,
     }

@@ -180,8 +180,10 @@ class AnalysisArguments:
         default=False,
         metadata={"help": "Also time early exit against the full model on eval images (wall-clock speed-up)."},
     )
-    speed_samples: int = field(default=256, metadata={"help": "Eval images timed by --measure_speedup."})
-    speed_repeats: int = field(default=5, metadata={"help": "Interleaved timing rounds of --measure_speedup."})
+    speed_samples: int = field(default=1024, metadata={"help": "Eval images timed by --measure_speedup (at most)."})
+    speed_repeats: int = field(
+        default=11, metadata={"help": "Timing rounds of --measure_speedup; the report gives their median and range."}
+    )
 
     def __post_init__(self) -> None:
         if self.target_speedup is not None and self.max_accuracy_drop is not None:
