@@ -126,13 +126,16 @@ lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py 
     run_name="${RUN_NAME:-${BACKBONE}_${METHOD}_${stage}_${DATA_NAME}}"
     export WANDB_PROJECT="${WANDB_PROJECT:-LGViT_${BACKBONE}_${DATA_NAME}}"
     args+=(--output_dir "$output_dir" --run_name "$run_name" --report_to "$REPORT_TO")
-    # The user's overrides: a setting is passed only when its variable is set.
-    local pair variable flag
-    for pair in LR:learning_rate BATCH_SIZE:per_device_train_batch_size EVAL_BATCH_SIZE:per_device_eval_batch_size \
-            EPOCHS:num_train_epochs SEED:seed HIGHWAY_TYPE:highway_type NUM_EARLY_EXITS:num_early_exits \
-            POSITION_EXITS:position_exits TRAIN_STRATEGY:train_strategy EXIT_STRATEGY:exit_strategy \
-            THRESHOLD:threshold PATIENCE:patience LOSS_COEFFICIENT:loss_coefficient \
-            HOMO_COEFFICIENT:homo_coefficient HETE_COEFFICIENT:hete_coefficient; do
+    # The user's overrides: a setting is passed only when its variable is set, and only to the stages it concerns
+    # (the exit layout is stage 1's; later stages keep the checkpoint's).
+    local pair variable flag pairs=(LR:learning_rate BATCH_SIZE:per_device_train_batch_size
+                                    EVAL_BATCH_SIZE:per_device_eval_batch_size EPOCHS:num_train_epochs SEED:seed)
+    [[ "$stage" == stage1 ]] && pairs+=(HIGHWAY_TYPE:highway_type NUM_EARLY_EXITS:num_early_exits
+                                        POSITION_EXITS:position_exits)
+    [[ "$stage" == stage1 || "$stage" == stage2 ]] && pairs+=(TRAIN_STRATEGY:train_strategy
+        LOSS_COEFFICIENT:loss_coefficient HOMO_COEFFICIENT:homo_coefficient HETE_COEFFICIENT:hete_coefficient)
+    [[ "$stage" != base ]] && pairs+=(EXIT_STRATEGY:exit_strategy THRESHOLD:threshold PATIENCE:patience)
+    for pair in "${pairs[@]}"; do
         variable="${pair%%:*}" flag="${pair#*:}"
         [[ -n "${!variable:-}" ]] && args+=("--$flag" "${!variable}")
     done

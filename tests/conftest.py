@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process: the suite runs as two workers on two cores, and the launchers' subprocesses inherit this.
+# Two threads per worker made small operations wait on each other (a test of 1 s took 40).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
