@@ -45,7 +45,7 @@ case "$BACKBONE" in
 esac
 DATASET="${DATASET:-cifar100}"
 if [[ -n "${TRAIN_DIR:-}${VALIDATION_DIR:-}" ]]; then
-    DATA_NAME="$(basename "$(dirname "${TRAIN_DIR:-$VALIDATION_DIR}/.")")"   # the image folder's name
+    DATA_NAME="$(basename "$(dirname "${TRAIN_DIR:-$VALIDATION_DIR}")")"   # data/flowers/train -> flowers
 else
     DATA_NAME="${DATASET##*/}"        # Maysee/tiny-imagenet -> tiny-imagenet, for paths and names
 fi

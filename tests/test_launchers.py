@@ -1,5 +1,6 @@
-"""The launchers: the presets are the one source of hyperparameters, a variable overrides a setting only when set,
-the original scripts' variable names work, and stage-1 output paths name the method."""
+"""The launchers: the presets are the one source of hyperparameters, a variable overrides a setting only when set
+(and only in the stages it concerns), the original scripts' variable names work, and stage-1 output paths name the
+method. Most checks read the command a launcher would run (`LAUNCH=(echo)`); two launches really train."""
 
 from __future__ import annotations
 
@@ -17,61 +18,87 @@ from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = "--max_train_samples 32 --max_eval_samples 16 --max_steps 1 --eval_strategy no --save_strategy no " \
         "--load_best_model_at_end False --disable_tqdm True"
+CLEAN = ("BACKBONE", "METHOD", "EPOCHS", "LR", "MODEL_NAME", "MODEL_NAME_OR_PATH", "PAPER_NAME", "ADDTIONAL_INFO",
+         "ADD_INFO", "NUM_EXITS", "THRESHOLD", "PATIENCE", "OUTPUT_DIR", "TRAIN_STRATEGY")
+
+
+def environment(**variables: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in CLEAN}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", REPORT_TO="none", NUM_GPUS="0", DATASET="digits",
+               PYTHON=sys.executable, **variables)
+    return env
 
 
 def launch(script: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("BACKBONE", "METHOD", "EPOCHS", "LR")}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", REPORT_TO="none", NUM_GPUS="0", DATASET="digits",
-               OMP_NUM_THREADS="1", PYTHON=sys.executable, **variables)
-    return subprocess.run(["bash", "-c", f"bash {ROOT / 'scripts' / script} {SHORT}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", "-c", f"bash {ROOT / 'scripts' / script} {SHORT}"], cwd=cwd,
+                          env=environment(**variables), capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 4-layer checkpoint with the digits' ten classes, standing for the hub model."""
-    root = tmp_path_factory.mktemp("base")
-    config = DeiTHighwayConfig.from_pretrained(write_tiny_config(root), num_labels=10, num_early_exits=0)
-    DeiTHighwayForImageClassification(config).save_pretrained(root / "model")
-    return root / "model"
+def planned_command(stage: str, backbone: str = "ViT", **variables: str) -> list[str]:
+    """The run_classification.py command `lgvit_stage` would launch, printed instead of run."""
+    finished = subprocess.run(
+        ["bash", "-c", f"SCRIPT_DIR={ROOT / 'scripts'}; BACKBONE={backbone}; source {ROOT / 'scripts' / 'common.sh'}"
+                       f" && LAUNCH=(echo) && lgvit_stage {stage}"],
+        env=environment(SAVE_ROOT="/saved", **variables), capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    return finished.stdout.splitlines()[-1].split()
 
 
-def command_line(finished: subprocess.CompletedProcess) -> str:
-    """The run_classification.py command a launcher printed before running it."""
-    return next(line for line in finished.stdout.splitlines() if line.startswith("=== "))
+def value(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
 
 
-def test_the_original_variable_names_and_the_method_in_the_output_path(tmp_path: Path, base_model: Path) -> None:
-    saved = tmp_path / "saved"
-    runs = {"PABEE": {"PAPER_NAME": "PABEE", "PATIENCE": "2"}, "SDN": {"ADDTIONAL_INFO": "sdn"},
-            "PCEE": {"ADD_INFO": "pcee", "THRESHOLD": "0.4"}}
-    for method, variables in runs.items():
-        finished = launch("train_baseline_deit.sh", tmp_path, SAVE_ROOT=str(saved), MODEL_NAME=str(base_model),
-                          NUM_EXITS="3", POSITION_EXITS="[1,2,3]", **variables)
-        assert finished.returncode == 0, finished.stderr[-3000:]
-        assert f"configs/methods/{method}.yaml" in command_line(finished)
-    pabee = json.loads((saved / "PABEE" / "weighted" / "config.json").read_text())
-    assert pabee["exit_strategy"] == "patience" and pabee["patience"] == 2 and pabee["num_early_exits"] == 3
-    sdn = json.loads((saved / "SDN" / "weighted" / "config.json").read_text())
-    assert sdn["exit_strategy"] == "confidence" and sdn["position_exits"] == [1, 2, 3]
-    pcee = json.loads((saved / "PCEE" / "weighted" / "config.json").read_text())
-    assert pcee["exit_strategy"] == "patient_and_confident" and pcee["threshold"] == 0.4
+def presets(command: list[str]) -> list[str]:
+    return [Path(word).relative_to(ROOT).as_posix() for word in command if word.endswith(".yaml")]
 
 
-def test_settings_come_from_the_presets_unless_a_variable_is_set(tmp_path: Path, base_model: Path) -> None:
-    finished = launch("train_base_deit.sh", tmp_path, SAVE_ROOT=str(tmp_path / "saved"),
-                      MODEL_NAME_OR_PATH=str(base_model))
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    line = command_line(finished)
-    assert "configs/paper/base.yaml" in line and "--learning_rate" not in line and "--num_train_epochs" not in line
-    args = json.loads((tmp_path / "saved" / "base" / "trainer_state.json").read_text())
-    assert args["train_batch_size"] == 64  # configs/paper/base.yaml
-    finished = launch("train_base_deit.sh", tmp_path, SAVE_ROOT=str(tmp_path / "saved"),
-                      MODEL_NAME_OR_PATH=str(base_model), LR="3e-4", BATCH_SIZE="8", EPOCHS="2")
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    line = command_line(finished)
-    assert "--learning_rate 3e-4" in line and "--per_device_train_batch_size 8" in line and "--num_train_epochs 2" in line
-    assert json.loads((tmp_path / "saved" / "base" / "trainer_state.json").read_text())["train_batch_size"] == 8
+def test_presets_stack_per_stage_and_backbone() -> None:
+    assert presets(planned_command("base")) == ["configs/paper/base.yaml"]
+    assert presets(planned_command("base", "Swin")) == ["configs/paper/base.yaml", "configs/paper/swin/base.yaml"]
+    assert presets(planned_command("stage1")) == ["configs/paper/stage1.yaml", "configs/methods/LGViT.yaml"]
+    assert presets(planned_command("stage1", "Swin", METHOD="vit-ee")) == [
+        "configs/paper/stage1.yaml", "configs/methods/ViT-EE.yaml", "configs/paper/swin/stage1.yaml",
+        "configs/methods/swin/ViT-EE.yaml"]
+    assert presets(planned_command("stage2")) == ["configs/paper/stage2.yaml"]
+    assert presets(planned_command("eval")) == ["configs/paper/eval.yaml"]
+
+
+def test_a_variable_overrides_a_setting_only_when_set_and_only_where_it_belongs() -> None:
+    plain = planned_command("base")
+    assert all(flag not in plain for flag in ("--learning_rate", "--num_train_epochs", "--threshold"))
+    overridden = planned_command("base", LR="3e-4", EPOCHS="2", NUM_EARLY_EXITS="3", THRESHOLD="0.5")
+    assert value(overridden, "--learning_rate") == "3e-4" and value(overridden, "--num_train_epochs") == "2"
+    assert "--num_early_exits" not in overridden and "--threshold" not in overridden  # no exits in the base stage
+    stage2 = planned_command("stage2", NUM_EARLY_EXITS="3", THRESHOLD="0.5", TRAIN_STRATEGY="distillation")
+    assert "--num_early_exits" not in stage2  # the stage-1 checkpoint brings its layout
+    assert value(stage2, "--threshold") == "0.5" and value(stage2, "--train_strategy") == "distillation"
+
+
+@pytest.mark.parametrize("variables, method, extra", [
+    ({"PAPER_NAME": "SDN"}, "SDN", {}),
+    ({"ADDTIONAL_INFO": "pabee", "PATIENCE": "2"}, "PABEE", {"--patience": "2"}),
+    ({"ADD_INFO": "PCEE", "NUM_EXITS": "5"}, "PCEE", {"--num_early_exits": "5"}),
+    ({"METHOD": "BERxiT", "MODEL_NAME": "/models/vit"}, "BERxiT", {"--model_name_or_path": "/models/vit"}),
+])
+def test_the_original_variable_names(variables, method, extra) -> None:
+    command = planned_command("stage1", **variables)
+    assert presets(command)[-1] == f"configs/methods/{method}.yaml"
+    strategy = {"SDN": "weighted", "PABEE": "weighted", "PCEE": "weighted", "BERxiT": "alternating"}[method]
+    assert value(command, "--output_dir") == f"/saved/{method}/{strategy}"  # SDN, PABEE, PCEE: three folders
+    assert all(value(command, flag) == expected for flag, expected in extra.items())
+
+
+def test_stage2_and_evaluation_find_the_previous_stage() -> None:
+    assert value(planned_command("stage2"), "--model_name_or_path") == "/saved/LGViT/alternating_weighted"
+    assert value(planned_command("stage2"), "--output_dir") == "/saved/LGViT/stage2_distillation_LGViT"
+    # A baseline has no stage 2: its stage-1 model is evaluated.
+    assert value(planned_command("eval", METHOD="PABEE"), "--model_name_or_path") == "/saved/PABEE/weighted"
+
+
+def test_image_folders_instead_of_a_dataset() -> None:
+    command = planned_command("base", TRAIN_DIR="/data/flowers/train", VALIDATION_DIR="/data/flowers/val")
+    assert value(command, "--train_dir") == "/data/flowers/train" and "--dataset_name" not in command
+    assert value(command, "--output_dir") == "/saved/base" and value(command, "--run_name") == "ViT_LGViT_base_flowers"
 
 
 def test_an_unknown_method_stops_before_anything_runs(tmp_path: Path) -> None:
@@ -80,13 +107,20 @@ def test_an_unknown_method_stops_before_anything_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "saved").exists()
 
 
-def test_swin_stage1_stacks_the_backbones_layout_after_the_method() -> None:
-    """configs/paper/swin/stage1.yaml moves every method's exits to Swin-B's layers; ViT-EE has its own."""
-    finished = subprocess.run(
-        ["bash", "-c", f"export SCRIPT_DIR={ROOT / 'scripts'} BACKBONE=Swin NUM_GPUS=0 PYTHON={sys.executable}; "
-                       f"source {ROOT / 'scripts' / 'common.sh'} && stage_presets stage1 "
-                       f"{ROOT / 'configs' / 'methods' / 'ViT-EE.yaml'}"],
-        capture_output=True, text=True, timeout=60)
-    presets = [Path(line).relative_to(ROOT).as_posix() for line in finished.stdout.split()]
-    assert presets == ["configs/paper/stage1.yaml", "configs/methods/ViT-EE.yaml", "configs/paper/swin/stage1.yaml",
-                       "configs/methods/swin/ViT-EE.yaml"]
+def test_launched_runs_take_the_variables(tmp_path: Path) -> None:
+    """Two real launches: a base run with the batch size set by a variable, then a PABEE stage 1 on it, configured
+    through the original scripts' variable names."""
+    config = DeiTHighwayConfig.from_pretrained(write_tiny_config(tmp_path), num_labels=10, num_early_exits=0)
+    DeiTHighwayForImageClassification(config).save_pretrained(tmp_path / "hub_like")
+    saved = tmp_path / "saved"
+    finished = launch("train_base_deit.sh", tmp_path, SAVE_ROOT=str(saved), MODEL_NAME=str(tmp_path / "hub_like"),
+                      BATCH_SIZE="8")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads((saved / "base" / "trainer_state.json").read_text())["train_batch_size"] == 8
+    finished = launch("train_baseline_deit.sh", tmp_path, SAVE_ROOT=str(saved), MODEL_NAME=str(saved / "base"),
+                      PAPER_NAME="PABEE", NUM_EXITS="3", POSITION_EXITS="[1,2,3]", PATIENCE="2")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    pabee = json.loads((saved / "PABEE" / "weighted" / "config.json").read_text())
+    assert pabee["exit_strategy"] == "patience" and pabee["patience"] == 2 and pabee["position_exits"] == [1, 2, 3]
+    trainer_state = json.loads((saved / "PABEE" / "weighted" / "trainer_state.json").read_text())
+    assert trainer_state["train_batch_size"] == 64  # configs/paper/stage1.yaml, since BATCH_SIZE was not set

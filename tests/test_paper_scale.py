@@ -1,6 +1,6 @@
 """The paper's models at full size (ViT-B/16, DeiT-B, Swin-B at 224 pixels, random weights from the shipped
 configs) through the four launchers, with their paper presets, on a tiny image folder: one optimizer step at batch 2
-per training stage, chained through the default output paths."""
+per training stage, chained through the default output paths, run from another directory (the evaluation sourced)."""
 
 from __future__ import annotations
 
@@ -48,10 +48,13 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def launch(script: str, env: dict[str, str], *args: str) -> None:
-    finished = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], cwd=env["SAVE_ROOT"], env=env,
-                              capture_output=True, text=True, timeout=900)
-    assert finished.returncode == 0, finished.stderr[-4000:]
+def launch(script: str, env: dict[str, str], *args: str, sourced: bool = False) -> None:
+    """Run a launcher from another directory, executed or (`sourced`) sourced by a shell that goes on."""
+    command = f"source {ROOT / 'scripts' / script} {' '.join(args)}; echo status=$?" if sourced else \
+        f"bash {ROOT / 'scripts' / script} {' '.join(args)}"
+    finished = subprocess.run(["bash", "-c", command], cwd=env["SAVE_ROOT"], env=env, capture_output=True, text=True,
+                              timeout=900)
+    assert finished.returncode == 0 and (not sourced or "status=0" in finished.stdout), finished.stderr[-4000:]
 
 
 def parameters(state: dict[str, torch.Tensor], exits: bool) -> float:
@@ -74,7 +77,8 @@ def test_paper_models_through_every_launcher(tmp_path: Path, image_folder: Path,
     launch(f"train_base_{family}.sh", env, *ONE_STEP)
     launch(f"train_baseline_{family}.sh", env, *ONE_STEP)
     launch(f"train_distillation_{family}.sh", env, *ONE_STEP)
-    launch(f"eval_highway_{family}.sh", {**env, "OUTPUT_DIR": str(tmp_path / "eval")}, "--disable_tqdm", "True")
+    launch(f"eval_highway_{family}.sh", {**env, "OUTPUT_DIR": str(tmp_path / "eval")}, "--disable_tqdm", "True",
+           sourced=True)
 
     base = json.loads((saved / "base" / "config.json").read_text())
     assert base["num_early_exits"] in (0, [0, 0, 0, 0]) and base.get("backbone", "Swin") == backbone
