@@ -39,7 +39,8 @@ def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray
         `average_exit_layer`; `speed-up` = num_blocks / average_exit_layer, the layer speed-up of the paper, which
         ignores the cost of the exit heads (named `layer_speedup` everywhere else; `speed-up` is the original
         code's name). With `profile` also `flops_speedup` = full-model FLOPs / average per-sample FLOPs with the
-        exit heads run, `average_gflops` and `exit_head_parameters`.
+        exit heads run (also written as `flops_speed-up`, the name earlier releases of this project used, so their
+        readers keep working), `average_gflops` and `exit_head_parameters`.
     """
     exit_layers = np.asarray(exit_layers).astype(np.int64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
@@ -54,6 +55,7 @@ def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray
     if profile is not None and exit_layers.size:
         average_flops = profile.expected_flops(torch.from_numpy(exit_layers))
         metrics["flops_speedup"] = profile.full_model / average_flops
+        metrics["flops_speed-up"] = metrics["flops_speedup"]
         metrics["average_gflops"] = average_flops / 1e9
         metrics["exit_head_parameters"] = profile.head_parameters
     return metrics
