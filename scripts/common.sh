@@ -30,7 +30,7 @@ REPORT_TO="${REPORT_TO:-wandb}"
 export WANDB_DIR="${WANDB_DIR:-$ROOT}"
 
 # The original scripts' variable names: MODEL_NAME (the model), NUM_EXITS, and the method tag they put into output
-# paths (PAPER_NAME, ADDTIONAL_INFO, ADD_INFO).
+# paths (PAPER_NAME, ADDTIONAL_INFO, ADD_INFO); DATANAME and MODEL_TYPE below.
 MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-${MODEL_NAME:-}}"
 NUM_EARLY_EXITS="${NUM_EARLY_EXITS:-${NUM_EXITS:-}}"
 METHOD="${METHOD:-${PAPER_NAME:-${ADDTIONAL_INFO:-${ADD_INFO:-LGViT}}}}"
@@ -44,12 +44,15 @@ case "$BACKBONE" in
     *) echo "BACKBONE must be ViT, DeiT or Swin, not '$BACKBONE'" >&2; return 2 ;;
 esac
 DATASET="${DATASET:-cifar100}"
-if [[ -n "${TRAIN_DIR:-}${VALIDATION_DIR:-}" ]]; then
+# The data's name in paths and run names (the original's DATANAME and MODEL_TYPE work as well).
+if [[ -n "${DATANAME:-}" ]]; then
+    DATA_NAME="$DATANAME"
+elif [[ -n "${TRAIN_DIR:-}${VALIDATION_DIR:-}" ]]; then
     DATA_NAME="$(basename "$(dirname "${TRAIN_DIR:-$VALIDATION_DIR}")")"   # data/flowers/train -> flowers
 else
-    DATA_NAME="${DATASET##*/}"        # Maysee/tiny-imagenet -> tiny-imagenet, for paths and names
+    DATA_NAME="${DATASET##*/}"        # Maysee/tiny-imagenet -> tiny-imagenet
 fi
-SAVE_ROOT="${SAVE_ROOT:-$ROOT/saved_models/$BACKBONE-base/$DATA_NAME}"
+SAVE_ROOT="${SAVE_ROOT:-$ROOT/saved_models/${MODEL_TYPE:-$BACKBONE-base}/$DATA_NAME}"
 
 method_preset() {  # method_preset <name>: the configs/methods file of a method, whatever the case of its name
     local file

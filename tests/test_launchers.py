@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHORT = "--max_train_samples 32 --max_eval_samples 16 --max_steps 1 --eval_strategy no --save_strategy no " \
         "--load_best_model_at_end False --disable_tqdm True"
 CLEAN = ("BACKBONE", "METHOD", "EPOCHS", "LR", "MODEL_NAME", "MODEL_NAME_OR_PATH", "PAPER_NAME", "ADDTIONAL_INFO",
-         "ADD_INFO", "NUM_EXITS", "THRESHOLD", "PATIENCE", "OUTPUT_DIR", "TRAIN_STRATEGY")
+         "ADD_INFO", "NUM_EXITS", "THRESHOLD", "PATIENCE", "OUTPUT_DIR", "TRAIN_STRATEGY", "DATANAME", "MODEL_TYPE",
+         "SAVE_ROOT")
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -86,6 +87,15 @@ def test_the_original_variable_names(variables, method, extra) -> None:
     strategy = {"SDN": "weighted", "PABEE": "weighted", "PCEE": "weighted", "BERxiT": "alternating"}[method]
     assert value(command, "--output_dir") == f"/saved/{method}/{strategy}"  # SDN, PABEE, PCEE: three folders
     assert all(value(command, flag) == expected for flag, expected in extra.items())
+
+
+def test_the_original_data_and_model_type_names_shape_the_paths() -> None:
+    variables = {"DATANAME": "tinyimnet", "MODEL_TYPE": "ViT-large"}
+    finished = subprocess.run(
+        ["bash", "-c", f"SCRIPT_DIR={ROOT / 'scripts'}; source {ROOT / 'scripts' / 'common.sh'} && echo $SAVE_ROOT"],
+        env=environment(**variables), capture_output=True, text=True, timeout=60)
+    assert finished.stdout.split()[-1] == f"{ROOT}/saved_models/ViT-large/tinyimnet"
+    assert value(planned_command("base", **variables), "--run_name") == "ViT_LGViT_base_tinyimnet"
 
 
 def test_stage2_and_evaluation_find_the_previous_stage() -> None:
