@@ -96,6 +96,8 @@ class ExitCriterion:
         return score < threshold if self.leaves_below else score > threshold
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
+        if self.rule == "threshold":
+            return {}  # nothing to remember between exits
         return {"count": torch.zeros(batch_size, dtype=torch.long, device=device),
                 "previous": torch.full((batch_size,), -1, dtype=torch.long, device=device)}
 

@@ -60,24 +60,31 @@ def run_early_exit(segments: Sequence[SegmentRun], pixel_values: torch.Tensor, s
     """
     criterion = get_criterion(settings.strategy)
     batch_size, device = pixel_values.shape[0], pixel_values.device
-    running = torch.arange(batch_size, device=device)
     state = criterion.initial_state(batch_size, device)
     exit_layer = torch.full((batch_size,), num_blocks, dtype=torch.long, device=device)
+    # Rows still running, as indices into the batch, and the logits of the rows that left; both are made at the
+    # first exit where some (not all) rows leave. Until then every row runs, and no bookkeeping is needed: at batch
+    # size 1 a sample never pays for it (a few tensor operations cost as much as a small exit head there).
+    running: torch.Tensor | None = None
     logits_out: torch.Tensor | None = None
     hidden = pixel_values
     for index, run in enumerate(segments[:-1]):
         hidden, logits = run(hidden)
         leaving, state = criterion.step(logits, settings.thresholds[index], settings.patience, state)
-        if logits_out is None:
+        if running is None and bool(leaving.all()):
+            return ExitDecisions(logits, exit_layer.fill_(exit_layers[index]))
+        if not leaving.any():
+            continue
+        if running is None:
+            running = torch.arange(batch_size, device=device)
             logits_out = logits.new_zeros(batch_size, logits.shape[1])
-        if leaving.any():
-            logits_out[running[leaving]] = logits[leaving]
-            exit_layer[running[leaving]] = exit_layers[index]
-            staying = ~leaving
-            running, hidden = running[staying], hidden[staying]
-            state = {name: value[staying] for name, value in state.items()}
-            if running.numel() == 0:
-                return ExitDecisions(logits_out, exit_layer)
+        logits_out[running[leaving]] = logits[leaving]
+        exit_layer[running[leaving]] = exit_layers[index]
+        staying = ~leaving
+        running, hidden = running[staying], hidden[staying]
+        state = {name: value[staying] for name, value in state.items()}
+        if running.numel() == 0:
+            return ExitDecisions(logits_out, exit_layer)
     _, final = segments[-1](hidden)
     if logits_out is None:
         return ExitDecisions(final, exit_layer)
