@@ -9,7 +9,8 @@ from models.criteria import get_criterion
 
 
 def _classifiers(module: torch.nn.Module, num_labels: int) -> list[torch.nn.Linear]:
-    return [layer for layer in module.modules() if isinstance(layer, torch.nn.Linear) and layer.out_features == num_labels]
+    return [layer for layer in module.modules()
+            if isinstance(layer, torch.nn.Linear) and layer.out_features == num_labels]
 
 
 def spread_logits(model: torch.nn.Module, pixel_values: torch.Tensor, spread: float = 3.0) -> torch.nn.Module:

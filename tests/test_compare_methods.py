@@ -9,7 +9,6 @@ import yaml
 from pipeline_helpers import read_json
 from test_pipeline_scripts import ROOT, run_script
 
-
 TINY_RUN = ("--max_train_samples 64 --max_eval_samples 30 --max_steps 2 --per_device_eval_batch_size 16 "
             "--speed_samples 8 --speed_repeats 1 --disable_tqdm True")
 

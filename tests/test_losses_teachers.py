@@ -107,7 +107,8 @@ def test_stage2_losses_send_no_gradient_into_the_final_logits(loss, features) ->
 @pytest.mark.parametrize("features", ["tokens", "pooled"])
 def test_homogeneous_distillation_sends_no_gradient_into_a_groups_deepest_exit(features) -> None:
     outputs = pooled_outputs() if features == "pooled" else token_outputs()
-    lgvit_distillation_loss(outputs, LABELS, LossSettings(homo_coefficient=1.0, hete_coefficient=0.0), step=0).backward()
+    settings = LossSettings(homo_coefficient=1.0, hete_coefficient=0.0)
+    lgvit_distillation_loss(outputs, LABELS, settings, step=0).backward()
     features = outputs.exit_features
     assert [gradient(features[index]) for index in DEEPEST] == [0.0, 0.0]
     assert all(gradient(features[index]) > 0 for index in SHALLOWER)
@@ -116,7 +117,8 @@ def test_homogeneous_distillation_sends_no_gradient_into_a_groups_deepest_exit(f
 @pytest.mark.parametrize("features", ["tokens", "pooled"])
 def test_heterogeneous_target_gets_no_gradient(features) -> None:
     outputs = pooled_outputs() if features == "pooled" else token_outputs()
-    lgvit_distillation_loss(outputs, LABELS, LossSettings(homo_coefficient=0.0, hete_coefficient=1.0), step=0).backward()
+    settings = LossSettings(homo_coefficient=0.0, hete_coefficient=1.0)
+    lgvit_distillation_loss(outputs, LABELS, settings, step=0).backward()
     assert gradient(outputs.teacher_tokens) == 0.0
     # The first and the last exit of each group are pulled toward the target.
     assert all(gradient(outputs.exit_features[index]) > 0 for index in (0, 2, 3, 5))

@@ -37,8 +37,8 @@ def test_default_configuration_is_the_papers_swin_b_layout():
     config = SwinHighwayConfig(highway_type="LGViT")
     assert config.depths == [2, 2, 18, 2] and config.embed_dim == 128 and config.num_blocks == 24
     assert config.exit_positions() == [4, 7, 10, 13, 16, 19, 22, 23]
-    assert [spec.name for spec in config.head_specs()] == ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r1", "attention_r1",
-                                   "attention_r2", "attention_r2"]
+    assert [spec.name for spec in config.head_specs()] == ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r1",
+                                                           "attention_r1", "attention_r2", "attention_r2"]
     assert config.exit_settings().thresholds == (0.75,) * 8  # the original Swin confidence default
 
 

@@ -119,7 +119,8 @@ def test_renamed_and_retired_names_also_work_in_argument_files(tmp_path: Path, c
     assert model_args.config_overrides() == {"hete_coefficient": 0.05}
 
 
-@pytest.mark.parametrize("model_type, backbone, layers", [("vit", "ViT", 12), ("deit", "DeiT", 12), ("swin", "Swin", 24)])
+@pytest.mark.parametrize("model_type, backbone, layers",
+                         [("vit", "ViT", 12), ("deit", "DeiT", 12), ("swin", "Swin", 24)])
 def test_model_type_builds_the_papers_architecture_without_the_hub(model_type, backbone, layers) -> None:
     model_args, *_ = parse_arguments(["--model_type", model_type, "--dataset_name", "digits", "--output_dir", "x"])
     config = load_config(model_args, [str(digit) for digit in range(10)])

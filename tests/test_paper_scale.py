@@ -91,7 +91,8 @@ def test_paper_models_through_every_launcher(tmp_path: Path, image_folder: Path,
     assert config.train_strategy == "alternating_weighted" and config.exit_strategy == "confidence"
 
     before, after = load_file(stage1_dir / "model.safetensors"), load_file(stage2_dir / "model.safetensors")
-    assert parameters(load_file(saved / "base" / "model.safetensors"), exits=False) == pytest.approx(plain_size, abs=0.01)
+    base_weights = load_file(saved / "base" / "model.safetensors")
+    assert parameters(base_weights, exits=False) == pytest.approx(plain_size, abs=0.01)
     assert parameters(before, exits=True) == pytest.approx(lgvit_size, abs=0.01)
     backbone_names = [name for name in before if not name.startswith("exits.") and name != "training_forwards"]
     assert backbone_names and all(torch.equal(before[name], after[name]) for name in backbone_names)

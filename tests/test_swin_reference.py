@@ -173,8 +173,8 @@ def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
 def test_stage2_lgvit_distillation_written_out() -> None:
     model = model_with(highway_type="LGViT", train_strategy="distillation_LGViT", loss_coefficient=0.3,
                        homo_coefficient=0.5, hete_coefficient=0.7).train()
-    assert [spec.name for spec in model.config.head_specs()] == ["conv1_1", "conv2_1", "attention_r1", "attention_r1", "attention_r2",
-                                         "attention_r2"]
+    assert [spec.name for spec in model.config.head_specs()] == ["conv1_1", "conv2_1", "attention_r1", "attention_r1",
+                                                                 "attention_r2", "attention_r2"]
     outputs = model(images(8), labels=LABELS)
     exits, features, final = list(outputs.exit_logits), list(outputs.exit_features), outputs.final_logits
     with torch.no_grad():  # the vector the final classifier reads: final LayerNorm of the last block, token mean

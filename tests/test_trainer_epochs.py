@@ -9,11 +9,11 @@ from pipeline_helpers import TINY_CONFIG
 from transformers import TrainerState
 
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
-from utils.training.arguments import DataTrainingArguments, TrainingArguments
-from utils.data.loading import load_datasets
 from utils.data.image_dataset import EpochCallback, ImageDataset, collate_fn
-from utils.training.trainer import ExitTrainer
+from utils.data.loading import load_datasets
 from utils.data.transforms import build_transforms
+from utils.training.arguments import DataTrainingArguments, TrainingArguments
+from utils.training.trainer import ExitTrainer
 
 
 def test_the_trainer_tells_the_training_set_each_epoch(tmp_path: Path) -> None:

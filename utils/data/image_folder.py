@@ -46,7 +46,8 @@ def load_image_folders(train_dir: str | None, validation_dir: str | None, cache_
         if folder is None:
             continue
         if not os.path.isdir(folder):
-            raise ValueError(f"--{split}_dir {folder!r} is not a directory; give a folder with one sub-folder per class.")
+            raise ValueError(f"--{split}_dir {folder!r} is not a directory; give a folder with one sub-folder per "
+                             "class.")
         data_files[split] = os.path.join(folder, "**")
     try:
         dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)

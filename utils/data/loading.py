@@ -37,7 +37,8 @@ def load_raw_dataset(data_args: DataTrainingArguments, cache_dir: str | None, to
         ) from error
 
 
-def find_column(dataset_split: Dataset, wanted: str | None, names: tuple[str, ...], feature_type: type, role: str) -> str:
+def find_column(dataset_split: Dataset, wanted: str | None, names: tuple[str, ...], feature_type: type,
+                role: str) -> str:
     """The column holding `role`: the one asked for, else a usual name, else the first of the right type."""
     columns = dataset_split.column_names
     if wanted is not None:

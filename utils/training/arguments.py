@@ -71,7 +71,8 @@ class ModelArguments:
     backbone: str | None = field(default=None, metadata={"help": "ViT (cls token) or DeiT (cls + distillation)."})
     highway_type: str | None = field(
         default=None,
-        metadata={"help": "Exit head: linear, conv_normal, conv1_1, conv2_1, attention_rN, self_attention, vit, LGViT."},
+        metadata={"help": "Exit head: linear, conv_normal, conv1_1, conv2_1, attention_rN, self_attention, vit, "
+                          "LGViT."},
     )
     num_early_exits: str | None = field(
         default=None, metadata={"help": "Number of exits, 0 = plain classifier (Swin: per stage, '[0,1,6,1]')."}

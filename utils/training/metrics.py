@@ -32,7 +32,8 @@ def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray
         exit_layers: (N,) 1-based layer each sample left at; `num_blocks` means the final classifier answered.
         labels: (N,) class ids.
         num_blocks: depth of the backbone (12 for ViT/DeiT-B, 24 for Swin-B).
-        profile: the model's FLOPs per part (`utils.analysis.flops.profile_flops`), for the speed-up that counts the heads.
+        profile: the model's FLOPs per part (`utils.analysis.flops.profile_flops`), for the speed-up that counts the
+            heads.
 
     Returns:
         `accuracy`; `counts_exit_layer_n` for n = 1..num_blocks (samples that left at layer n);
