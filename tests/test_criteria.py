@@ -7,7 +7,7 @@ import pytest
 import torch
 from analysis_helpers import images, synthetic_cache, synthetic_profile, tiny_model
 
-from models.criteria import EXIT_CRITERIA, ExitCriterion, confidence, entropy, get_criterion, register_criterion
+from models.criteria import ExitCriterion, confidence, entropy, get_criterion, register_criterion, unregister_criterion
 from models.exit_settings import ExitSettings
 from models.exiting import decide_from_logits
 from utils.analysis.calibration import calibrate, write_exit_settings
@@ -28,7 +28,7 @@ def margin():
                                                  score_name="margin", threshold_range=(0.0, 1.0),
                                                  default_threshold=0.5))
     yield criterion
-    EXIT_CRITERIA.pop("margin")
+    unregister_criterion("margin")
 
 
 def expected_exits(exit_logits: list[torch.Tensor], final: torch.Tensor, thresholds: list[float],

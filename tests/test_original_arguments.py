@@ -20,11 +20,13 @@ from utils.training.model_setup import load_config
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = "facebook/deit-base-distilled-patch16-224"
 SWIN = "microsoft/swin-base-patch4-window7-224"
+STAGE1, CHECKPOINT = "saved_models/stage1_checkpoint", "saved_models/checkpoint"
 COMMON = ["--remove_unused_columns", "False", "--do_train", "--do_eval", "--per_device_eval_batch_size", "1",
           "--logging_strategy", "steps", "--evaluation_strategy", "epoch", "--save_strategy", "epoch",
           "--save_total_limit", "3", "--seed", "777", "--report_to", "wandb"]
 # The argument lists of the original scripts/*.sh, with their shell variables expanded as the scripts set them
-# (the undefined ones, such as DATANAME and threshold, expand to nothing) and their placeholder paths kept.
+# (the undefined ones, such as DATANAME and threshold, expand to nothing); their placeholder checkpoint and output
+# paths, which users replace with their own, are written as the relative paths STAGE1 and CHECKPOINT here.
 ORIGINAL_SCRIPTS = {
     "train_base_deit.sh": [
         "--run_name", "DeiT-base", "--dataset_name", "cifar100", "--backbone", "DeiT", "--model_name_or_path", DEIT,
@@ -57,7 +59,7 @@ ORIGINAL_SCRIPTS = {
         "--logging_steps", "100", "--load_best_model_at_end", "False", "--ignore_mismatched_sizes", "True", *COMMON],
     "train_distillation_deit.sh": [
         "--threshold", "0.8", "--run_name", "LGViT_distillation_LGViT", "--image_processor_name", DEIT,
-        "--config_name", DEIT, "--model_name_or_path", "/xxx/path/to/Early_Exit/stage1_checkpoint_path",
+        "--config_name", DEIT, "--model_name_or_path", STAGE1,
         "--dataset_name", "cifar100", "--output_dir", "saved_models/ViT-base//LGViT/stage2_distillation_LGViT/",
         "--overwrite_output_dir", "True", "--backbone", "ViT", "--train_highway", "True", "--exit_strategy",
         "confidence", "--train_strategy", "distillation_LGViT", "--loss_coefficient", "0.3", "--homo_coefficient",
@@ -66,7 +68,7 @@ ORIGINAL_SCRIPTS = {
         "--load_best_model_at_end", "False", *COMMON],
     "train_distillation_swin.sh": [
         "--run_name", "LGViT_distillation_LGViT", "--image_processor_name", SWIN, "--config_name", SWIN,
-        "--model_name_or_path", "/xxx/path/to/Early_Exit/stage1_checkpoint_path", "--dataset_name",
+        "--model_name_or_path", STAGE1, "--dataset_name",
         "Maysee/tiny-imagenet", "--output_dir", "saved_models/Swin-base/Maysee/tiny-imagenet/LGViT/"
         "stage2_distillation_LGViT/", "--overwrite_output_dir", "True", "--exit_strategy", "confidence",
         "--train_strategy", "distillation_LGViT", "--loss_coefficient", "0.3", "--homo_coefficient", "0.01",
@@ -75,14 +77,14 @@ ORIGINAL_SCRIPTS = {
         *COMMON],
     "eval_highway_deit.sh": [
         "--run_name", "ViT_confidence_LGViT__LGViT", "--image_processor_name", DEIT, "--config_name", DEIT,
-        "--model_name_or_path", "/xxx/path/to/Early_Exit/checkpoint_path", "--dataset_name", "cifar100",
+        "--model_name_or_path", CHECKPOINT, "--dataset_name", "cifar100",
         "--output_dir", "outputs/ViT-base/cifar100/LGViT/confidence/", "--remove_unused_columns", "False",
         "--backbone", "ViT", "--exit_strategy", "confidence", "--do_train", "False", "--do_eval",
         "--per_device_eval_batch_size", "1", "--seed", "777", "--report_to", "wandb", "--use_auth_token", "False"],
     "eval_highway_swin.sh": [
         "--run_name", "Swin_LGViT", "--image_processor_name", SWIN, "--config_name", SWIN, "--model_name_or_path",
-        "/xxx/path/to/Early_Exit/checkpoint_path", "--dataset_name", "cifar100", "--output_dir",
-        "/home/haojiawei/Early_Exit/outputs/Swin-base/cifar100/LGViT/", "--remove_unused_columns", "False",
+        CHECKPOINT, "--dataset_name", "cifar100", "--output_dir",
+        "outputs/Swin-base/cifar100/LGViT/", "--remove_unused_columns", "False",
         "--exit_strategy", "confidence", "--num_early_exits", "[0,1,6,1]", "--do_train", "False", "--do_eval",
         "--per_device_eval_batch_size", "1", "--seed", "777", "--report_to", "wandb", "--use_auth_token", "False"],
 }
