@@ -6,7 +6,8 @@ exits on layers 4..11, trained a few epochs on the digits; or --checkpoint). Its
 held-out training digits for each budget, then the test images run, interleaved with a rotating order, through:
 - `eager`: the model's early exit / the backbone with its final classifier only (`full_model_logits`);
 - `compiled`: the same with every segment compiled by torch.compile (inductor) / the full model compiled;
-- `onnxruntime`: `EarlyExitSession` on the exported segments / the exported plain classifier (`full_model.onnx`).
+- `onnxruntime`: `EarlyExitSession` (the segments and decisions as one graph) / the exported plain classifier
+  (`full_model.onnx`).
 Printed per engine and batch size: images/s of early exit and of the full model, measured speed-up (full time /
 early-exit time, medians) and measured / FLOPs speed-up. A last, uncalibrated setting spreads the images over every
 exit (the hardest case: every exit head and decision costs latency).

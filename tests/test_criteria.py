@@ -1,5 +1,6 @@
-"""Exit criteria are one registry: a criterion registered here, in the test alone, gets online early exit, sweeps,
-calibration and reports; scores are stable for logits of any size and precision."""
+"""Exit criteria are one registry: a criterion registered here, in the test alone, gets online early exit (also in
+the exported onnxruntime graph), sweeps, calibration and reports; scores are stable for logits of any size and
+precision."""
 
 import math
 
@@ -14,6 +15,7 @@ from utils.analysis.calibration import calibrate, write_exit_settings
 from utils.analysis.compare_methods import exit_rule
 from utils.analysis.flops import count_flops, profile_flops
 from utils.analysis.sweep import collect_logits, evaluate_settings, sweep, sweep_criterion
+from utils.export import EarlyExitSession, export_onnx
 
 
 def top_two_margin(logits: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,7 @@ def expected_exits(exit_logits: list[torch.Tensor], final: torch.Tensor, thresho
     return exit_layer, logits
 
 
-def test_a_registered_criterion_exits_online_in_a_batch(margin):
+def test_a_registered_criterion_exits_online_in_a_batch(margin, tmp_path):
     model = tiny_model(exit_strategy="margin")
     pixel_values = images(24)
     with torch.no_grad():
@@ -61,6 +63,10 @@ def test_a_registered_criterion_exits_online_in_a_batch(margin):
                                     model.config.exit_positions(), model.config.num_blocks)
     assert online.exit_layer.tolist() == layers and len(set(layers)) >= 3
     torch.testing.assert_close(online.logits, logits)
+    export_onnx(model, tmp_path, exporter="torchscript")  # the exported runtime decides with the same criterion
+    exported_logits, exported_layers = EarlyExitSession(tmp_path)(pixel_values.numpy())
+    assert exported_layers.tolist() == layers
+    torch.testing.assert_close(torch.from_numpy(exported_logits), logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="margin thresholds are between 0 and 1"):
         model.config.threshold = 1.5
         model.config.exit_settings()

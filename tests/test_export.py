@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -22,6 +23,7 @@ from models import DeiTHighwayForImageClassification, SwinHighwayForImageClassif
 from models.criteria import EXIT_CRITERIA, get_criterion
 from utils.export import EarlyExitSession, export_onnx
 from utils.export.__main__ import main as export_main
+from utils.export.early_exit_graph import early_exit_graph
 from utils.export.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +155,22 @@ def test_the_export_module_runs_as_a_command(tmp_path):
     finished = subprocess.run([sys.executable, "-m", "utils.export", "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
     assert finished.returncode == 0 and "model_dir" in finished.stdout
+
+
+def test_the_runtime_is_one_graph_whose_batch_shrinks_at_every_exit(exported_fixtures):
+    """The segments sit in nested `If` nodes, one per exit: when every row leaves, the exit's logits come out; else
+    the staying rows are picked out (Compress) and only they run the next segment."""
+    model, directory = exported_fixtures["vit_lgvit"]
+    session = EarlyExitSession(directory)
+    session(INPUTS["pixel_values"].numpy())
+    assert list(session.graphs) == [session.exit_strategy]
+    segments = [onnx.load(directory / name) for name in session.manifest["segments"]]
+    graph = early_exit_graph(segments, session.exit_strategy, session.exit_layers, session.num_blocks).graph
+    for index in range(len(session.exit_layers)):
+        (branching,) = [node for node in graph.node if node.op_type == "If"]
+        otherwise = next(attribute.g for attribute in branching.attribute if attribute.name == "else_branch")
+        kept = {node.output[0] for node in otherwise.node if node.op_type == "Compress"}
+        next_segment = [node for node in otherwise.node if node.name.startswith(f"segment{index + 1}_")]
+        assert kept & {name for node in next_segment for name in node.input}, f"exit {index + 1}"
+        graph = otherwise
+    assert not [node for node in graph.node if node.op_type == "If"]

@@ -9,10 +9,9 @@ The files, in the output directory:
   exit head), the reference for measuring speed in the same engine;
 - `manifest.json`: the segments, exit layers, criterion, thresholds, patience, labels, image size and normalisation.
 
-The exit decision is taken by the runtime (`utils.export.session.EarlyExitSession`), not in the graphs: it runs
-the same criteria code (`models.criteria`) and the same early-exit loop (`models.exiting.run_early_exit`) as the
-PyTorch model, on the segments' logits, so decisions match PyTorch's and the criterion, thresholds and patience can
-change after export.
+The exit decision is not in these files: `utils.export.session.EarlyExitSession` nests the segments and the
+criterion's decisions into one graph (`utils.export.early_exit_graph`) at its first call with each criterion, so the
+criterion can change after export (thresholds and patience are graph inputs).
 """
 
 from __future__ import annotations

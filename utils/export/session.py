@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
-import torch
 
+from models.criteria import get_criterion
 from models.exit_settings import ExitSettings, resolve_exit_settings
-from models.exiting import SegmentRun, run_early_exit
 
+from .early_exit_graph import early_exit_graph
 from .onnx_export import FORMAT_VERSION, MANIFEST
 
 
@@ -22,28 +23,14 @@ def default_providers() -> list[str]:
     return [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider") if name in available]
 
 
-class OnnxSegment:
-    """One exported segment as a run of the early-exit loop: torch tensors in and out, onnxruntime inside."""
-
-    def __init__(self, path: Path, providers: Sequence[str], options: ort.SessionOptions | None = None):
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [output.name for output in self.session.get_outputs()]
-
-    def __call__(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.session.run(None, {self.input_name: inputs.numpy()})
-        hidden = torch.from_numpy(outputs[0]) if len(outputs) == 2 else inputs
-        return hidden, torch.from_numpy(outputs[-1]).float()
-
-
 class EarlyExitSession:
     """An exported model on onnxruntime, called with preprocessed images; every sample leaves at its own exit.
 
     `session(pixel_values)` takes a float32 array (B, 3, H, W) and returns (logits (B, K) float32, 1-based exit
-    layers (B,) int64). The early-exit loop and the decisions are the PyTorch model's own code
-    (`models.exiting.run_early_exit`, `models.criteria`), so the batch shrinks as samples leave and the decisions
-    match the PyTorch model's. `exit_strategy`, `threshold` and `patience` can be changed after loading; they take
-    effect at the next call.
+    layers (B,) int64). The segments and the criterion's decisions run as one graph
+    (`utils.export.early_exit_graph`): the batch shrinks as samples leave, and the decisions are the criterion's own
+    code (`models.criteria`), exported. `exit_strategy`, `threshold` and `patience` can be changed after loading;
+    they take effect at the next call (another criterion builds its graph then, once).
 
     Args:
         directory: an export directory (`python -m utils.export MODEL_DIR OUT_DIR`).
@@ -62,9 +49,9 @@ class EarlyExitSession:
         if self.manifest.get("format") != FORMAT_VERSION:
             raise ValueError(f"{manifest_path} has format {self.manifest.get('format')}, this code reads format "
                              f"{FORMAT_VERSION}; export the model again.")
-        providers = list(providers or default_providers())
-        self.segments: list[SegmentRun] = [OnnxSegment(self.directory / name, providers, options)
-                                           for name in self.manifest["segments"]]
+        self.providers = list(providers or default_providers())
+        self.options = options
+        self.graphs: dict[str, ort.InferenceSession] = {}
         self.exit_layers: list[int] = list(self.manifest["exit_layers"])
         self.num_blocks: int = self.manifest["num_blocks"]
         self.id2label: dict[int, str] = {int(index): label for index, label in self.manifest["id2label"].items()}
@@ -76,11 +63,23 @@ class EarlyExitSession:
         """The current criterion, thresholds and patience, checked."""
         return resolve_exit_settings(self.exit_strategy, self.threshold, self.patience, len(self.exit_layers))
 
+    def graph(self, strategy: str) -> ort.InferenceSession:
+        """The onnxruntime session of the whole early exit with criterion `strategy` (built at its first use)."""
+        if strategy not in self.graphs:
+            segments = [onnx.load(self.directory / name) for name in self.manifest["segments"]]
+            model = early_exit_graph(segments, strategy, self.exit_layers, self.num_blocks)
+            self.graphs[strategy] = ort.InferenceSession(model.SerializeToString(), sess_options=self.options,
+                                                         providers=self.providers)
+        return self.graphs[strategy]
+
     def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(pixel_values, dtype=np.float32)
         if images.ndim != 4:
             raise ValueError(f"pixel_values must be (B, 3, H, W); got shape {images.shape}.")
-        with torch.inference_mode():
-            decisions = run_early_exit(self.segments, torch.from_numpy(images), self.exit_settings(),
-                                       self.exit_layers, self.num_blocks)
-        return decisions.logits.float().numpy(), decisions.exit_layer.numpy()
+        settings = self.exit_settings()
+        state = get_criterion(settings.strategy).initial_state(len(images), "cpu")
+        inputs = {"pixel_values": images, "thresholds": np.asarray(settings.thresholds, dtype=np.float32),
+                  "patience": np.asarray(settings.patience, dtype=np.int64),
+                  **{name: value.numpy() for name, value in state.items()}}
+        logits, exit_layer = self.graph(settings.strategy).run(None, inputs)
+        return logits, exit_layer

@@ -1,0 +1,205 @@
+"""One ONNX graph for the whole early exit: the exported segments nested in `If` nodes, the exit decisions inside.
+
+Driving the segments from Python costs a runtime call and a few tensor operations per exit; at batch size 1 on a
+small model that is a visible share of the time. Here the loop lives in the graph:
+
+    segment k -> decision k -> If every row leaves: this exit's logits
+                               else: keep the rows that stay (Compress), run segment k + 1 and the rest on them,
+                                     write their logits and exit layers back over this exit's (ScatterND)
+
+so the batch shrinks as samples leave, as in `models.exiting.run_early_exit`. The decision is exported from the
+criterion's own `step` (`models.criteria`), so each rule is still defined once. Graph inputs: `pixel_values`,
+`thresholds` (one per exit), `patience` and the criterion's per-sample state (`initial_state`); outputs `logits`
+(float32) and `exit_layer` (1-based). Changing thresholds or patience needs no rebuild; another criterion needs
+another decision graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+
+import onnx
+import torch
+from onnx import TensorProto, compose, helper
+from torch import nn
+
+from models.criteria import ExitCriterion, State, get_criterion
+
+# ONNX element types of the logits a segment can produce, and the torch dtype of the example used to export the
+# decision for them.
+LOGITS_DTYPES = {TensorProto.FLOAT: torch.float32, TensorProto.FLOAT16: torch.float16}
+
+
+class DecisionStep(nn.Module):
+    """`criterion.step` as a module, for export: (logits, threshold, patience, state) -> (leave, new state...)."""
+
+    def __init__(self, criterion: ExitCriterion):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, logits: torch.Tensor, threshold: torch.Tensor, patience: torch.Tensor,
+                state: State) -> tuple[torch.Tensor, ...]:
+        leave, new_state = self.criterion.step(logits, threshold, patience, state)
+        return (leave, *(new_state[name] for name in state))
+
+
+@functools.lru_cache(maxsize=32)
+def decision_graph(criterion: ExitCriterion, logits_type: int, num_labels: int, opset: int) -> bytes:
+    """The serialised ONNX graph of one decision of `criterion`: inputs `logits`, `threshold`, `patience` and the
+    state tensors (named as in `initial_state`); outputs `leave` and the new state, in that order."""
+    state = criterion.initial_state(2, "cpu")
+    logits = torch.randn(2, num_labels, dtype=LOGITS_DTYPES[logits_type])
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dynamic = {"logits": {0: batch}, "threshold": None, "patience": None,
+               "state": {name: {0: batch} for name in state}}
+    with warnings.catch_warnings():  # the exporter's notes on renaming the dynamic axis
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(DecisionStep(criterion), (logits, torch.tensor(0.5), torch.tensor(1)),
+                                    kwargs={"state": state}, dynamic_shapes=dynamic, dynamo=True,
+                                    input_names=["logits", "threshold", "patience", *state],
+                                    output_names=["leave", *(f"next_{name}" for name in state)],
+                                    opset_version=opset, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+class GraphBuilder:
+    """Collects the nodes' weights (all kept in the outer graph, where the nested branches can read them) and hands
+    out unique value names."""
+
+    def __init__(self) -> None:
+        self.initializers: list[onnx.TensorProto] = []
+        self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+        self.count = 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def int64(self, value: int) -> str:
+        name = self.name("const")
+        self.initializers.append(helper.make_tensor(name, TensorProto.INT64, [], [value]))
+        return name
+
+    def inline(self, model: onnx.ModelProto, prefix: str, sources: dict[str, str]) -> tuple[list[onnx.NodeProto],
+                                                                                             list[str]]:
+        """The nodes of `model` with every name prefixed and its inputs read from `sources` (input name -> value);
+        returns (nodes, output names)."""
+        model = compose.add_prefix(model, prefix)
+        self.initializers.extend(model.graph.initializer)
+        for function in model.functions:
+            self.functions[(function.domain, function.name)] = function
+        renamed = {prefix + name: value for name, value in sources.items()}
+        missing = [graph_input.name for graph_input in model.graph.input if graph_input.name not in renamed]
+        if missing:
+            raise ValueError(f"No value given for the graph inputs {missing}.")
+        nodes = list(model.graph.node)
+        for node in nodes:
+            for position, name in enumerate(node.input):
+                node.input[position] = renamed.get(name, name)
+        return nodes, [output.name for output in model.graph.output]
+
+
+def batch_fill(builder: GraphBuilder, like: str, value: int) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes making an int64 vector holding `value` once per row of `like`; returns (nodes, its name)."""
+    rows, filled = builder.name("rows"), builder.name("layer")
+    return [helper.make_node("Shape", [like], [rows], end=1),
+            helper.make_node("Expand", [builder.int64(value), rows], [filled])], filled
+
+
+def branch(builder: GraphBuilder, nodes: list[onnx.NodeProto], outputs: Sequence[str],
+           types: Sequence[int]) -> onnx.GraphProto:
+    return helper.make_graph(nodes, builder.name("branch"), [],
+                             [helper.make_tensor_value_info(name, kind, None) for name, kind in zip(outputs, types)])
+
+
+def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_layers: Sequence[int],
+                     num_blocks: int) -> onnx.ModelProto:
+    """Nest the exported segments (`utils.export.onnx_export`) and criterion `strategy`'s decisions into one graph.
+
+    Args:
+        segments: the exit segments in order, then the final one.
+        strategy: a registered criterion.
+        exit_layers: 1-based layer of each exit.
+        num_blocks: the exit layer of the final classifier.
+    """
+    builder = GraphBuilder()
+    first_input = segments[0].graph.input[0]
+    logits_type = segments[0].graph.output[-1].type.tensor_type.elem_type
+    if logits_type not in LOGITS_DTYPES:
+        raise ValueError(f"Segments with logits of ONNX type {logits_type} are not supported (float32 or float16).")
+    num_labels = segments[0].graph.output[-1].type.tensor_type.shape.dim[1].dim_value
+    opset = max(entry.version for entry in segments[0].opset_import if entry.domain in ("", "ai.onnx"))
+    decision = onnx.load_from_string(decision_graph(get_criterion(strategy), logits_type, num_labels, opset))
+    state_names = list(get_criterion(strategy).initial_state(1, "cpu"))
+    types = (logits_type, TensorProto.INT64)
+
+    def from_exit(index: int, hidden: str, state: list[str]) -> tuple[list[onnx.NodeProto], str, str]:
+        """Nodes running segment `index` onwards on the rows in `hidden`; returns (nodes, logits, exit layers)."""
+        segment = segments[index]
+        nodes, outputs = builder.inline(segment, f"segment{index}_", {segment.graph.input[0].name: hidden})
+        if index == len(exit_layers):
+            fill, layers = batch_fill(builder, outputs[-1], num_blocks)
+            return nodes + fill, outputs[-1], layers
+        next_hidden, logits = outputs
+        threshold = builder.name("threshold")
+        nodes.append(helper.make_node("Gather", ["thresholds", builder.int64(index)], [threshold], axis=0))
+        inputs = ["logits", "threshold", "patience", *state_names]
+        decided, decision_outputs = builder.inline(decision, f"decision{index}_", dict(zip(
+            inputs, [logits, threshold, "patience", *state])))
+        nodes += decided
+        leave, next_state = decision_outputs[0], decision_outputs[1:]
+        leave_count, stay_count, everyone = builder.name("leave_int"), builder.name("least"), builder.name("all")
+        nodes += [helper.make_node("Cast", [leave], [leave_count], to=TensorProto.INT64),
+                  helper.make_node("ReduceMin", [leave_count], [stay_count], keepdims=0),
+                  helper.make_node("Cast", [stay_count], [everyone], to=TensorProto.BOOL)]
+        # Every row leaves: this exit's logits.
+        then_logits = builder.name("logits")
+        then_nodes, then_layers = batch_fill(builder, logits, exit_layers[index])
+        then_nodes.insert(0, helper.make_node("Identity", [logits], [then_logits]))
+        # Some rows stay: run them on, then write their results back.
+        staying, rows, row_indices = builder.name("staying"), builder.name("nonzero"), builder.name("rows")
+        kept_hidden = builder.name("hidden")
+        kept_state = [builder.name(name) for name in state_names]
+        else_nodes = [helper.make_node("Not", [leave], [staying]),
+                      helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
+                      *(helper.make_node("Compress", [value, staying], [kept], axis=0)
+                        for value, kept in zip(next_state, kept_state))]
+        later_nodes, later_logits, later_layers = from_exit(index + 1, kept_hidden, kept_state)
+        fill, layers_here = batch_fill(builder, logits, exit_layers[index])
+        else_logits, else_layers = builder.name("logits"), builder.name("layer")
+        else_nodes += [*later_nodes, *fill,
+                       helper.make_node("NonZero", [staying], [rows]),
+                       helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
+                       helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
+                       helper.make_node("ScatterND", [layers_here, row_indices, later_layers], [else_layers])]
+        out_logits, out_layers = builder.name("logits"), builder.name("layer")
+        nodes.append(helper.make_node(
+            "If", [everyone], [out_logits, out_layers],
+            then_branch=branch(builder, then_nodes, [then_logits, then_layers], types),
+            else_branch=branch(builder, else_nodes, [else_logits, else_layers], types)))
+        return nodes, out_logits, out_layers
+
+    nodes, logits, layers = from_exit(0, "pixel_values", state_names)
+    nodes += [helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT),
+              helper.make_node("Identity", [layers], ["exit_layer"])]
+    inputs = [helper.make_tensor_value_info("pixel_values", first_input.type.tensor_type.elem_type,
+                                            ["batch", *(dim.dim_value for dim in
+                                                        first_input.type.tensor_type.shape.dim[1:])]),
+              helper.make_tensor_value_info("thresholds", TensorProto.FLOAT, [len(exit_layers)]),
+              helper.make_tensor_value_info("patience", TensorProto.INT64, []),
+              *(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]) for name in state_names)]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels]),
+               helper.make_tensor_value_info("exit_layer", TensorProto.INT64, ["batch"])]
+    graph = helper.make_graph(nodes, "early_exit", inputs, outputs, initializer=builder.initializers)
+    opsets = {}
+    for model in (*segments, decision):
+        for entry in model.opset_import:
+            opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
+                                                    for domain, version in opsets.items()],
+                              functions=list(builder.functions.values()),
+                              ir_version=max(model.ir_version for model in segments))
+    # Shapes inside the branches let onnxruntime optimise the nested segments as it does the separate ones.
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
