@@ -9,8 +9,9 @@ held-out training digits for each budget, then the test images run, interleaved 
 - `onnxruntime`: `EarlyExitSession` (the segments and decisions as one graph) / the exported plain classifier
   (`full_model.onnx`).
 Printed per engine and batch size: images/s of early exit and of the full model, measured speed-up (full time /
-early-exit time, medians) and measured / FLOPs speed-up. A last, uncalibrated setting spreads the images over every
-exit (the hardest case: every exit head and decision costs latency).
+early-exit time, medians) and measured / FLOPs speed-up. Two uncalibrated settings follow: one spreads the images
+over every exit (the hardest case: every exit head and decision costs latency); in the other no exit fires, which
+shows what the heads and decisions cost beyond their FLOPs.
 Targets: the fastest engine keeps >= 0.9 of the FLOPs speed-up at batch 1 and >= 0.95 at batch 64 at the calibrated
 thresholds and beats eager early exit; >= 0.85 at batch 1 in the spread setting.
 
@@ -29,6 +30,7 @@ import torch
 
 from benchmarks.bench_measured_speedup import benchmark_model, calibrate_and_report, digits_splits, spread_settings
 from models import DeiTHighwayForImageClassification
+from models.exit_settings import ExitSettings
 from models.segments import Segment, SegmentModule
 from utils.analysis.calibration import write_exit_settings
 from utils.analysis.flops import FlopsProfile, profile_flops
@@ -135,6 +137,10 @@ def main() -> None:
             time_engines(engines, profile, images, args.repeats)
         write_exit_settings(model.config, spread_settings(model, images))
         print("\nuncalibrated per-exit confidence thresholds that spread the timed images over every exit:")
+        time_engines(engines, profile, images, args.repeats)
+        write_exit_settings(model.config, ExitSettings("confidence", (1.0,) * model.config.num_exits, 1))
+        print("\nno exit fires (confidence > 1): every image runs every block, head and decision; measured / FLOPs "
+              "is the share of time the exit heads and decisions cost beyond their FLOPs:")
         time_engines(engines, profile, images, args.repeats)
 
 
