@@ -65,11 +65,11 @@ def decision_graph(criterion: ExitCriterion, logits_type: int, num_labels: int, 
 
 
 class GraphBuilder:
-    """Collects the nodes' weights (all kept in the outer graph, where the nested branches can read them) and hands
-    out unique value names."""
+    """Hands out unique value names and inlines exported graphs. Weights become `Constant` nodes beside the nodes
+    that read them, so each nested branch holds its own segment's weights: an `If` passes every outer value its
+    branches read into them at each call, and with all weights in the outer graph that cost grew with the depth."""
 
     def __init__(self) -> None:
-        self.initializers: list[onnx.TensorProto] = []
         self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
         self.count = 0
 
@@ -77,24 +77,25 @@ class GraphBuilder:
         self.count += 1
         return f"{base}_{self.count}"
 
-    def int64(self, value: int) -> str:
+    def int64(self, value: int) -> tuple[onnx.NodeProto, str]:
+        """A `Constant` node holding the int64 scalar `value`, and its name."""
         name = self.name("const")
-        self.initializers.append(helper.make_tensor(name, TensorProto.INT64, [], [value]))
-        return name
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [],
+                                                                                 [value])), name
 
     def inline(self, model: onnx.ModelProto, prefix: str, sources: dict[str, str]) -> tuple[list[onnx.NodeProto],
                                                                                              list[str]]:
-        """The nodes of `model` with every name prefixed and its inputs read from `sources` (input name -> value);
-        returns (nodes, output names)."""
+        """The nodes of `model` (its weights as `Constant` nodes) with every name prefixed and its inputs read from
+        `sources` (input name -> value); returns (nodes, output names)."""
         model = compose.add_prefix(model, prefix)
-        self.initializers.extend(model.graph.initializer)
         for function in model.functions:
             self.functions[(function.domain, function.name)] = function
         renamed = {prefix + name: value for name, value in sources.items()}
         missing = [graph_input.name for graph_input in model.graph.input if graph_input.name not in renamed]
         if missing:
             raise ValueError(f"No value given for the graph inputs {missing}.")
-        nodes = list(model.graph.node)
+        nodes = [helper.make_node("Constant", [], [weight.name], value=weight) for weight in model.graph.initializer]
+        nodes += model.graph.node
         for node in nodes:
             for position, name in enumerate(node.input):
                 node.input[position] = renamed.get(name, name)
@@ -104,8 +105,9 @@ class GraphBuilder:
 def batch_fill(builder: GraphBuilder, like: str, value: int) -> tuple[list[onnx.NodeProto], str]:
     """Nodes making an int64 vector holding `value` once per row of `like`; returns (nodes, its name)."""
     rows, filled = builder.name("rows"), builder.name("layer")
-    return [helper.make_node("Shape", [like], [rows], end=1),
-            helper.make_node("Expand", [builder.int64(value), rows], [filled])], filled
+    constant, name = builder.int64(value)
+    return [constant, helper.make_node("Shape", [like], [rows], end=1),
+            helper.make_node("Expand", [name, rows], [filled])], filled
 
 
 def branch(builder: GraphBuilder, nodes: list[onnx.NodeProto], outputs: Sequence[str],
@@ -144,7 +146,8 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
             return nodes + fill, outputs[-1], layers
         next_hidden, logits = outputs
         threshold = builder.name("threshold")
-        nodes.append(helper.make_node("Gather", ["thresholds", builder.int64(index)], [threshold], axis=0))
+        position, position_name = builder.int64(index)
+        nodes += [position, helper.make_node("Gather", ["thresholds", position_name], [threshold], axis=0)]
         inputs = ["logits", "threshold", "patience", *state_names]
         decided, decision_outputs = builder.inline(decision, f"decision{index}_", dict(zip(
             inputs, [logits, threshold, "patience", *state])))
@@ -192,7 +195,7 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
               *(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]) for name in state_names)]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels]),
                helper.make_tensor_value_info("exit_layer", TensorProto.INT64, ["batch"])]
-    graph = helper.make_graph(nodes, "early_exit", inputs, outputs, initializer=builder.initializers)
+    graph = helper.make_graph(nodes, "early_exit", inputs, outputs)
     opsets = {}
     for model in (*segments, decision):
         for entry in model.opset_import:
