@@ -33,7 +33,8 @@ LOGITS_DTYPES = {TensorProto.FLOAT: torch.float32, TensorProto.FLOAT16: torch.fl
 
 
 class DecisionStep(nn.Module):
-    """`criterion.step` as a module, for export: (logits, threshold, patience, state) -> (leave, new state...)."""
+    """`criterion.step` as a module, for export: (logits, threshold, patience, state) -> (whether every row leaves,
+    the rows that stay, new state...)."""
 
     def __init__(self, criterion: ExitCriterion):
         super().__init__()
@@ -42,13 +43,14 @@ class DecisionStep(nn.Module):
     def forward(self, logits: torch.Tensor, threshold: torch.Tensor, patience: torch.Tensor,
                 state: State) -> tuple[torch.Tensor, ...]:
         leave, new_state = self.criterion.step(logits, threshold, patience, state)
-        return (leave, *(new_state[name] for name in state))
+        return (leave.all(), ~leave, *(new_state[name] for name in state))
 
 
 @functools.lru_cache(maxsize=32)
 def decision_graph(criterion: ExitCriterion, logits_type: int, num_labels: int, opset: int) -> bytes:
     """The serialised ONNX graph of one decision of `criterion`: inputs `logits`, `threshold`, `patience` and the
-    state tensors (named as in `initial_state`); outputs `leave` and the new state, in that order."""
+    state tensors (named as in `initial_state`); outputs `everyone_leaves`, `staying` and the new state, in that
+    order."""
     state = criterion.initial_state(2, "cpu")
     logits = torch.randn(2, num_labels, dtype=LOGITS_DTYPES[logits_type])
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -59,7 +61,7 @@ def decision_graph(criterion: ExitCriterion, logits_type: int, num_labels: int, 
         program = torch.onnx.export(DecisionStep(criterion), (logits, torch.tensor(0.5), torch.tensor(1)),
                                     kwargs={"state": state}, dynamic_shapes=dynamic, dynamo=True,
                                     input_names=["logits", "threshold", "patience", *state],
-                                    output_names=["leave", *(f"next_{name}" for name in state)],
+                                    output_names=["everyone_leaves", "staying", *(f"next_{name}" for name in state)],
                                     opset_version=opset, verbose=False)
     return program.model_proto.SerializeToString()
 
@@ -133,8 +135,9 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         raise ValueError(f"Segments with logits of ONNX type {logits_type} are not supported (float32 or float16).")
     num_labels = segments[0].graph.output[-1].type.tensor_type.shape.dim[1].dim_value
     opset = max(entry.version for entry in segments[0].opset_import if entry.domain in ("", "ai.onnx"))
-    decision = onnx.load_from_string(decision_graph(get_criterion(strategy), logits_type, num_labels, opset))
-    state_names = list(get_criterion(strategy).initial_state(1, "cpu"))
+    criterion = get_criterion(strategy)
+    decision = onnx.load_from_string(decision_graph(criterion, logits_type, num_labels, opset))
+    state_names = list(criterion.initial_state(1, "cpu"))
     types = (logits_type, TensorProto.INT64)
 
     def from_exit(index: int, hidden: str, state: list[str]) -> tuple[list[onnx.NodeProto], str, str]:
@@ -152,27 +155,22 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         decided, decision_outputs = builder.inline(decision, f"decision{index}_", dict(zip(
             inputs, [logits, threshold, "patience", *state])))
         nodes += decided
-        leave, next_state = decision_outputs[0], decision_outputs[1:]
-        leave_count, stay_count, everyone = builder.name("leave_int"), builder.name("least"), builder.name("all")
-        nodes += [helper.make_node("Cast", [leave], [leave_count], to=TensorProto.INT64),
-                  helper.make_node("ReduceMin", [leave_count], [stay_count], keepdims=0),
-                  helper.make_node("Cast", [stay_count], [everyone], to=TensorProto.BOOL)]
+        everyone, staying, next_state = decision_outputs[0], decision_outputs[1], decision_outputs[2:]
+        fill, layers_here = batch_fill(builder, logits, exit_layers[index])
+        nodes += fill
         # Every row leaves: this exit's logits.
-        then_logits = builder.name("logits")
-        then_nodes, then_layers = batch_fill(builder, logits, exit_layers[index])
-        then_nodes.insert(0, helper.make_node("Identity", [logits], [then_logits]))
+        then_logits, then_layers = builder.name("logits"), builder.name("layer")
+        then_nodes = [helper.make_node("Identity", [logits], [then_logits]),
+                      helper.make_node("Identity", [layers_here], [then_layers])]
         # Some rows stay: run them on, then write their results back.
-        staying, rows, row_indices = builder.name("staying"), builder.name("nonzero"), builder.name("rows")
-        kept_hidden = builder.name("hidden")
+        rows, row_indices, kept_hidden = builder.name("nonzero"), builder.name("rows"), builder.name("hidden")
         kept_state = [builder.name(name) for name in state_names]
-        else_nodes = [helper.make_node("Not", [leave], [staying]),
-                      helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
+        else_nodes = [helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
                       *(helper.make_node("Compress", [value, staying], [kept], axis=0)
                         for value, kept in zip(next_state, kept_state))]
         later_nodes, later_logits, later_layers = from_exit(index + 1, kept_hidden, kept_state)
-        fill, layers_here = batch_fill(builder, logits, exit_layers[index])
         else_logits, else_layers = builder.name("logits"), builder.name("layer")
-        else_nodes += [*later_nodes, *fill,
+        else_nodes += [*later_nodes,
                        helper.make_node("NonZero", [staying], [rows]),
                        helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
                        helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
