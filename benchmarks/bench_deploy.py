@@ -3,13 +3,16 @@
 
 The model is the benchmark model of `bench_measured_speedup` (12-layer DeiT, hidden 128, 32x32 images, the 8 LGViT
 exits on layers 4..11, trained a few epochs on the digits; or --checkpoint). Its thresholds are calibrated on
-held-out training digits for each budget, then the test images run, interleaved with a rotating order, through:
+held-out training digits for each budget, then the test images run through every way below in steps of 64 images:
+each step goes through all of them (in an order that rotates) before the next, so each way runs warm, as when it
+serves alone, and a slow spell of the machine falls on all alike:
 - `eager`: the model's early exit / the backbone with its final classifier only (`full_model_logits`);
 - `compiled`: the same with every segment compiled by torch.compile (inductor) / the full model compiled;
 - `onnxruntime`: `EarlyExitSession` (the segments and decisions as one graph) / the exported plain classifier
   (`full_model.onnx`).
-Printed per engine and batch size: images/s of early exit and of the full model, measured speed-up (full time /
-early-exit time, medians) and measured / FLOPs speed-up. Two uncalibrated settings follow: one spreads the images
+Printed per engine and batch size: images/s of early exit and of the full model (medians over rounds), measured
+speed-up (full time / early-exit time: the median over rounds, and its smallest and largest round) and measured /
+FLOPs speed-up. Two uncalibrated settings follow: one spreads the images
 over every exit (the hardest case: every exit head and decision costs latency); in the other no exit fires, which
 shows what the heads and decisions cost beyond their FLOPs.
 Targets: the fastest engine keeps >= 0.9 of the FLOPs speed-up at batch 1 and >= 0.95 at batch 64 at the calibrated
@@ -22,7 +25,10 @@ thresholds and beats eager early exit; >= 0.85 at batch 1 in the spread setting.
 from __future__ import annotations
 
 import argparse
+import functools
+import statistics
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -34,10 +40,13 @@ from models.exit_settings import ExitSettings
 from models.segments import Segment, SegmentModule
 from utils.analysis.calibration import write_exit_settings
 from utils.analysis.flops import FlopsProfile, profile_flops
-from utils.analysis.timing import full_model_logits, median_times
+from utils.analysis.timing import full_model_logits, stepwise_round_times
 from utils.export import EarlyExitSession, export_onnx
 
 BATCH_SIZES = (64, 1)
+# Images each way runs before the next way takes over: enough that a way runs warm, as when it serves alone, and few
+# enough that a slow spell of the machine falls on every way alike.
+IMAGES_PER_STEP = 64
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,16 +84,23 @@ class Engines:
             target.exit_strategy, target.threshold, target.patience = (settings.strategy, list(settings.thresholds),
                                                                        settings.patience)
 
-    def ways(self, batches: list[torch.Tensor]) -> dict[str, dict[str, object]]:
-        arrays = [batch.numpy() for batch in batches]
+    def ways(self, batches: list[torch.Tensor]) -> dict[str, dict[str, list[Callable[[], object]]]]:
+        """Per engine, the early-exit and full-model calls in steps of IMAGES_PER_STEP images."""
+        per_step = max(1, IMAGES_PER_STEP // len(batches[0]))
+        steps = [batches[start:start + per_step] for start in range(0, len(batches), per_step)]
+        arrays = [[batch.numpy() for batch in step] for step in steps]
+
+        def each(function: Callable[[object], object], inputs: list[list[object]]) -> list[Callable[[], object]]:
+            return [functools.partial(lambda chunk: [function(batch) for batch in chunk], chunk) for chunk in inputs]
+
         return {
-            "eager": {"early exit": lambda: [self.model(batch) for batch in batches],
-                      "full model": lambda: [full_model_logits(self.model, batch) for batch in batches]},
-            "compiled": {"early exit": lambda: [self.compiled_model(batch) for batch in batches],
-                         "full model": lambda: [self.compiled_full(batch) for batch in batches]},
-            "onnxruntime": {"early exit": lambda: [self.session(array) for array in arrays],
-                            "full model": lambda: [self.full_session.run(None, {"pixel_values": array})
-                                                   for array in arrays]},
+            "eager": {"early exit": each(self.model, steps),
+                      "full model": each(functools.partial(full_model_logits, self.model), steps)},
+            "compiled": {"early exit": each(self.compiled_model, steps),
+                         "full model": each(self.compiled_full, steps)},
+            "onnxruntime": {"early exit": each(self.session, arrays),
+                            "full model": each(lambda array: self.full_session.run(None, {"pixel_values": array}),
+                                               arrays)},
         }
 
 
@@ -111,14 +127,17 @@ def time_engines(engines: Engines, profile: FlopsProfile, images: torch.Tensor, 
     for batch_size in BATCH_SIZES:
         ways = engines.ways(list(images.split(batch_size)))
         with torch.inference_mode():
-            times = median_times({f"{engine}/{kind}": run for engine, pair in ways.items()
-                                  for kind, run in pair.items()}, repeats)
-        early = {engine: times[f"{engine}/early exit"] for engine in ways}
+            times = stepwise_round_times({f"{engine}/{kind}": steps for engine, pair in ways.items()
+                                          for kind, steps in pair.items()}, repeats)
+        early = {engine: statistics.median(times[f"{engine}/early exit"]) for engine in ways}
         for engine in ways:
-            measured = times[f"{engine}/full model"] / early[engine]
+            ratios = [full / early_exit for full, early_exit in zip(times[f"{engine}/full model"],
+                                                                    times[f"{engine}/early exit"])]
+            measured = statistics.median(ratios)
             print(f"  batch {batch_size:>2} {engine:>11}: early exit {len(images) / early[engine]:8.1f} images/s, "
-                  f"full model {len(images) / times[f'{engine}/full model']:8.1f} images/s, measured speed-up "
-                  f"{measured:.3f}, measured / FLOPs = {measured / flops_speedup:.3f}")
+                  f"full model {len(images) / statistics.median(times[f'{engine}/full model']):8.1f} images/s, "
+                  f"measured speed-up {measured:.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f}), "
+                  f"measured / FLOPs = {measured / flops_speedup:.3f}")
         fastest = min(early, key=early.get)
         print(f"  batch {batch_size:>2}: fastest early exit {fastest}, {early['eager'] / early[fastest]:.2f}x eager's")
 

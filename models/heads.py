@@ -51,10 +51,22 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 def sample_grid(tokens: torch.Tensor, grid: tuple[int, int], ratio: int) -> torch.Tensor:
-    """Keep every `ratio`-th patch in both directions (the original's AvgPool2d(kernel 1, stride ratio))."""
+    """Keep every `ratio`-th patch in both directions (the original's AvgPool2d(kernel 1, stride ratio)), picked by
+    index so that an exported graph does it in one step."""
     if ratio == 1:
         return tokens
-    return map_to_tokens(tokens_to_map(tokens, grid)[:, :, ::ratio, ::ratio])
+    kept = torch.arange(grid[0] * grid[1], device=tokens.device).reshape(grid)[::ratio, ::ratio].flatten()
+    return tokens.index_select(1, kept)
+
+
+def mean_of_classifiers(tokens: torch.Tensor, classifiers: nn.ModuleList) -> torch.Tensor:
+    """The mean over t of `classifiers[t](tokens[:, t])` for tokens (B, T, C).
+
+    A mean of linear maps is one linear map on the concatenated tokens, so this is a single matrix product.
+    """
+    weight = torch.cat([classifier.weight for classifier in classifiers], dim=1) / len(classifiers)
+    bias = torch.stack([classifier.bias for classifier in classifiers]).mean(0)
+    return F.linear(tokens.flatten(1), weight, bias)
 
 
 class ConvNormalMixer(nn.Module):
@@ -96,7 +108,8 @@ class LocalPerceptionMixer(nn.Module):
 class GlobalAggregationMixer(nn.Module):
     """`attention_rN` (global aggregation head): multi-head attention over every N-th patch, then a projection.
 
-    No residual and no norm, as in the paper's head. The scale is (C / heads) ** -0.5.
+    No residual and no norm, as in the paper's head. The scale is (C / heads) ** -0.5. The attention is written out:
+    over this few tokens it is as fast as a fused kernel, and an exported graph holds two plain matrix products.
     """
 
     def __init__(self, width: int, ratio: int, num_heads: int = 8):
@@ -111,9 +124,11 @@ class GlobalAggregationMixer(nn.Module):
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         tokens = sample_grid(tokens, grid, self.ratio)
         batch, length, width = tokens.shape
-        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(query, key, value)
+        head_width = width // self.num_heads
+        # (B, L, 3 * heads, D) -> (B, 3 * heads, L, D) -> query, key and value, (B, heads, L, D) each
+        query, key, value = (self.qkv(tokens).reshape(batch, length, 3 * self.num_heads, head_width)
+                             .transpose(1, 2).chunk(3, dim=1))
+        attended = (query @ key.transpose(-2, -1) * head_width**-0.5).softmax(-1) @ value
         return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -175,8 +190,7 @@ class PrefixTokenHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self.layernorm(hidden[:, : len(self.classifiers)])
-        logits = torch.stack([classifier(prefix[:, i]) for i, classifier in enumerate(self.classifiers)]).mean(0)
-        return logits, prefix
+        return mean_of_classifiers(prefix, self.classifiers), prefix
 
 
 class NormMeanHead(nn.Module):
@@ -231,9 +245,7 @@ class MixerHead(nn.Module):
         mixed = self.mlp(hidden[:, num_prefix:], self.layout.grid)
         if not num_prefix:
             return self.readout(mixed)
-        pooled = mixed.mean(1)
-        logits = torch.stack([classifier(pooled + hidden[:, i]) for i, classifier in enumerate(self.classifiers)])
-        return logits.mean(0), mixed
+        return mean_of_classifiers(hidden[:, :num_prefix] + mixed.mean(1, keepdim=True), self.classifiers), mixed
 
 
 class TransformerLayerHead(nn.Module):

@@ -82,10 +82,14 @@ def test_random_thresholds_give_pytorchs_decisions_at_any_batch_size(exported_fi
             target.exit_strategy, target.threshold, target.patience = criterion, thresholds, 1 + trial
         with torch.no_grad():
             expected = model(pixel_values)
-        for batch in (12, 5, 1):
+        for batch in (12, 5):
             logits, exit_layer = session(pixel_values[:batch].numpy())
             assert exit_layer.tolist() == expected.exit_layer[:batch].tolist()
             np.testing.assert_allclose(logits, expected.logits[:batch].numpy(), atol=1e-4, rtol=1e-4)
+        for image in range(len(pixel_values)):  # batches of one run their own graph
+            logits, exit_layer = session(pixel_values[image:image + 1].numpy())
+            assert exit_layer.tolist() == expected.exit_layer[image:image + 1].tolist()
+            np.testing.assert_allclose(logits, expected.logits[image:image + 1].numpy(), atol=1e-4, rtol=1e-4)
         seen.update(expected.exit_layer.tolist())
     assert len(seen) >= 2, "the thresholds should send samples to several exits"
 
@@ -107,6 +111,8 @@ def test_half_precision_export_keeps_the_float32_decisions(tmp_path):
     logits, exit_layer = session(pixel_values.numpy())
     assert exit_layer.tolist() == expected.exit_layer.tolist() and len(set(exit_layer.tolist())) >= 2
     np.testing.assert_allclose(logits, expected.logits.numpy(), atol=2e-2, rtol=2e-2)
+    one_by_one = [session(image[None].numpy())[1].item() for image in pixel_values]
+    assert one_by_one == expected.exit_layer.tolist()
     with pytest.raises(ValueError, match="bfloat16"):
         export_onnx(model, tmp_path / "bf16", dtype="bfloat16")
 
@@ -163,7 +169,7 @@ def test_the_runtime_is_one_graph_whose_batch_shrinks_at_every_exit(exported_fix
     model, directory = exported_fixtures["vit_lgvit"]
     session = EarlyExitSession(directory)
     session(INPUTS["pixel_values"].numpy())
-    assert list(session.graphs) == [session.exit_strategy]
+    assert list(session.graphs) == [(session.exit_strategy, False)]
     segments = [onnx.load(directory / name) for name in session.manifest["segments"]]
     graph = early_exit_graph(segments, session.exit_strategy, session.exit_layers, session.num_blocks).graph
     for index in range(len(session.exit_layers)):
@@ -173,4 +179,22 @@ def test_the_runtime_is_one_graph_whose_batch_shrinks_at_every_exit(exported_fix
         next_segment = [node for node in otherwise.node if node.name.startswith(f"segment{index + 1}_")]
         assert kept & {name for node in next_segment for name in node.input}, f"exit {index + 1}"
         graph = otherwise
+    assert not [node for node in graph.node if node.op_type == "If"]
+
+
+def test_a_single_image_runs_a_graph_that_only_branches(exported_fixtures):
+    """At batch size 1 the image either leaves or runs on whole: one `If` per exit on its own decision, and no rows
+    picked out or written back."""
+    model, directory = exported_fixtures["vit_lgvit"]
+    session = EarlyExitSession(directory)
+    session(INPUTS["pixel_values"][:1].numpy())
+    assert list(session.graphs) == [(session.exit_strategy, True)]
+    segments = [onnx.load(directory / name) for name in session.manifest["segments"]]
+    graph = early_exit_graph(segments, session.exit_strategy, session.exit_layers, session.num_blocks,
+                             single_row=True).graph
+    for index in range(len(session.exit_layers)):
+        assert not {"Compress", "ScatterND", "ReduceMin"} & {node.op_type for node in graph.node}, f"exit {index + 1}"
+        (branching,) = [node for node in graph.node if node.op_type == "If"]
+        graph = next(attribute.g for attribute in branching.attribute if attribute.name == "then_branch")
+        assert any(node.name.startswith(f"segment{index + 1}_") for node in graph.node), f"exit {index + 1}"
     assert not [node for node in graph.node if node.op_type == "If"]

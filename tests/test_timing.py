@@ -12,7 +12,7 @@ import pytest
 import torch
 from analysis_helpers import images, tiny_model, tiny_swin
 
-from utils.analysis.timing import measure_speedup, median_times
+from utils.analysis.timing import measure_speedup, median_times, stepwise_round_times
 
 BLOCK_WORK, HEAD_WORK = 1.0, 0.1
 
@@ -70,6 +70,22 @@ def test_median_times_reads_the_clock_it_is_given() -> None:
 
     times = median_times({"light": way(1.0), "heavy": way(5.0)}, repeats=3, clock=lambda: work["total"])
     assert times == {"light": 1.0, "heavy": 5.0}
+
+
+def test_stepwise_rounds_alternate_the_ways_at_every_step_and_add_up_their_steps() -> None:
+    work, calls = {"total": 0.0}, []
+
+    def step(name: str, amount: float):
+        def run() -> None:
+            calls.append(name)
+            work["total"] += amount
+        return run
+
+    ways = {"a": [step("a", 1.0), step("a", 2.0)], "b": [step("b", 10.0), step("b", 20.0)]}
+    times = stepwise_round_times(ways, repeats=2, clock=lambda: work["total"])
+    assert times == {"a": [3.0, 3.0], "b": [30.0, 30.0]}
+    # After one warm-up pass of each way, every step runs in both ways before the next step, the order rotating.
+    assert calls[4:] == ["a", "b", "b", "a", "b", "a", "a", "b"]
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,15 +28,28 @@ def round_times(ways: dict[str, Callable[[], object]], repeats: int,
 
     `clock` reads the time (seconds by default); any other monotonic counter, e.g. of work done, measures in its
     own unit."""
+    return stepwise_round_times({name: [way] for name, way in ways.items()}, repeats, clock)
+
+
+def stepwise_round_times(ways: dict[str, Sequence[Callable[[], object]]], repeats: int,
+                         clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """`round_times` for ways made of steps (e.g. one call per batch; every way has as many): a round runs step i
+    of every way, in an order that rotates with i and with the round, before step i + 1, and a way's round time is
+    the sum of its steps. A slow spell shorter than a round then still falls on every way alike."""
     names, runs = list(ways), {name: [] for name in ways}
     for name in names:
-        ways[name]()
+        for step in ways[name]:
+            step()
     for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = clock()
-            ways[name]()
-            runs[name].append(clock() - start)
+        totals = dict.fromkeys(names, 0.0)
+        for step_index in range(len(ways[names[0]])):
+            shift = (round_index + step_index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = clock()
+                ways[name][step_index]()
+                totals[name] += clock() - start
+        for name in names:
+            runs[name].append(totals[name])
     return runs
 
 

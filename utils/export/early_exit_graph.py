@@ -12,6 +12,10 @@ criterion's own `step` (`models.criteria`), so each rule is still defined once. 
 `thresholds` (one per exit), `patience` and the criterion's per-sample state (`initial_state`); outputs `logits`
 (float32) and `exit_layer` (1-based). Changing thresholds or patience needs no rebuild; another criterion needs
 another decision graph.
+
+A single image either leaves at an exit or runs on whole, so the graph for batches of one (`single_row`) branches on
+that image's decision alone and never picks out or writes back rows; at batch size 1 those steps were a few percent
+of the time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 
 import onnx
+import onnx.utils
 import torch
 from onnx import TensorProto, compose, helper
 from torch import nn
@@ -104,9 +109,14 @@ class GraphBuilder:
         return nodes, [output.name for output in model.graph.output]
 
 
-def batch_fill(builder: GraphBuilder, like: str, value: int) -> tuple[list[onnx.NodeProto], str]:
-    """Nodes making an int64 vector holding `value` once per row of `like`; returns (nodes, its name)."""
-    rows, filled = builder.name("rows"), builder.name("layer")
+def batch_fill(builder: GraphBuilder, like: str, value: int, single_row: bool) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes making an int64 vector holding `value` once per row of `like` (one row: a constant); returns (nodes,
+    its name)."""
+    filled = builder.name("layer")
+    if single_row:
+        return [helper.make_node("Constant", [], [filled],
+                                 value=helper.make_tensor(filled, TensorProto.INT64, [1], [value]))], filled
+    rows = builder.name("rows")
     constant, name = builder.int64(value)
     return [constant, helper.make_node("Shape", [like], [rows], end=1),
             helper.make_node("Expand", [name, rows], [filled])], filled
@@ -119,7 +129,7 @@ def branch(builder: GraphBuilder, nodes: list[onnx.NodeProto], outputs: Sequence
 
 
 def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_layers: Sequence[int],
-                     num_blocks: int) -> onnx.ModelProto:
+                     num_blocks: int, single_row: bool = False) -> onnx.ModelProto:
     """Nest the exported segments (`utils.export.onnx_export`) and criterion `strategy`'s decisions into one graph.
 
     Args:
@@ -127,6 +137,7 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         strategy: a registered criterion.
         exit_layers: 1-based layer of each exit.
         num_blocks: the exit layer of the final classifier.
+        single_row: build the graph for batches of exactly one image (onnxruntime refuses other sizes).
     """
     builder = GraphBuilder()
     first_input = segments[0].graph.input[0]
@@ -138,6 +149,10 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
     criterion = get_criterion(strategy)
     decision = onnx.load_from_string(decision_graph(criterion, logits_type, num_labels, opset))
     state_names = list(criterion.initial_state(1, "cpu"))
+    if single_row:  # the row's own decision is the branch condition: drop the reduction over rows
+        decision = onnx.utils.Extractor(decision).extract_model(
+            [graph_input.name for graph_input in decision.graph.input],
+            [graph_output.name for graph_output in decision.graph.output[1:]])
     types = (logits_type, TensorProto.INT64)
 
     def from_exit(index: int, hidden: str, state: list[str]) -> tuple[list[onnx.NodeProto], str, str]:
@@ -145,7 +160,7 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         segment = segments[index]
         nodes, outputs = builder.inline(segment, f"segment{index}_", {segment.graph.input[0].name: hidden})
         if index == len(exit_layers):
-            fill, layers = batch_fill(builder, outputs[-1], num_blocks)
+            fill, layers = batch_fill(builder, outputs[-1], num_blocks, single_row)
             return nodes + fill, outputs[-1], layers
         next_hidden, logits = outputs
         threshold = builder.name("threshold")
@@ -155,31 +170,37 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         decided, decision_outputs = builder.inline(decision, f"decision{index}_", dict(zip(
             inputs, [logits, threshold, "patience", *state])))
         nodes += decided
-        everyone, staying, next_state = decision_outputs[0], decision_outputs[1], decision_outputs[2:]
-        fill, layers_here = batch_fill(builder, logits, exit_layers[index])
+        if single_row:
+            staying, next_state = decision_outputs[0], decision_outputs[1:]
+        else:
+            everyone, staying, next_state = decision_outputs[0], decision_outputs[1], decision_outputs[2:]
+        fill, layers_here = batch_fill(builder, logits, exit_layers[index], single_row)
         nodes += fill
         # Every row leaves: this exit's logits.
         then_logits, then_layers = builder.name("logits"), builder.name("layer")
-        then_nodes = [helper.make_node("Identity", [logits], [then_logits]),
-                      helper.make_node("Identity", [layers_here], [then_layers])]
-        # Some rows stay: run them on, then write their results back.
-        rows, row_indices, kept_hidden = builder.name("nonzero"), builder.name("rows"), builder.name("hidden")
-        kept_state = [builder.name(name) for name in state_names]
-        else_nodes = [helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
-                      *(helper.make_node("Compress", [value, staying], [kept], axis=0)
-                        for value, kept in zip(next_state, kept_state))]
-        later_nodes, later_logits, later_layers = from_exit(index + 1, kept_hidden, kept_state)
-        else_logits, else_layers = builder.name("logits"), builder.name("layer")
-        else_nodes += [*later_nodes,
-                       helper.make_node("NonZero", [staying], [rows]),
-                       helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
-                       helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
-                       helper.make_node("ScatterND", [layers_here, row_indices, later_layers], [else_layers])]
+        leave = ([helper.make_node("Identity", [logits], [then_logits]),
+                  helper.make_node("Identity", [layers_here], [then_layers])], [then_logits, then_layers])
+        if single_row:  # the row stays: the rest of the model runs on it as it is
+            later_nodes, later_logits, later_layers = from_exit(index + 1, next_hidden, next_state)
+            condition, if_true, if_false = staying, (later_nodes, [later_logits, later_layers]), leave
+        else:  # some rows stay: run them on, then write their results back
+            rows, row_indices, kept_hidden = builder.name("nonzero"), builder.name("rows"), builder.name("hidden")
+            kept_state = [builder.name(name) for name in state_names]
+            else_nodes = [helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
+                          *(helper.make_node("Compress", [value, staying], [kept], axis=0)
+                            for value, kept in zip(next_state, kept_state))]
+            later_nodes, later_logits, later_layers = from_exit(index + 1, kept_hidden, kept_state)
+            else_logits, else_layers = builder.name("logits"), builder.name("layer")
+            else_nodes += [*later_nodes,
+                           helper.make_node("NonZero", [staying], [rows]),
+                           helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
+                           helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
+                           helper.make_node("ScatterND", [layers_here, row_indices, later_layers], [else_layers])]
+            condition, if_true, if_false = everyone, leave, (else_nodes, [else_logits, else_layers])
         out_logits, out_layers = builder.name("logits"), builder.name("layer")
-        nodes.append(helper.make_node(
-            "If", [everyone], [out_logits, out_layers],
-            then_branch=branch(builder, then_nodes, [then_logits, then_layers], types),
-            else_branch=branch(builder, else_nodes, [else_logits, else_layers], types)))
+        nodes.append(helper.make_node("If", [condition], [out_logits, out_layers],
+                                      then_branch=branch(builder, *if_true, types),
+                                      else_branch=branch(builder, *if_false, types)))
         return nodes, out_logits, out_layers
 
     nodes, logits, layers = from_exit(0, "pixel_values", state_names)

@@ -29,8 +29,9 @@ class EarlyExitSession:
     `session(pixel_values)` takes a float32 array (B, 3, H, W) and returns (logits (B, K) float32, 1-based exit
     layers (B,) int64). The segments and the criterion's decisions run as one graph
     (`utils.export.early_exit_graph`): the batch shrinks as samples leave, and the decisions are the criterion's own
-    code (`models.criteria`), exported. `exit_strategy`, `threshold` and `patience` can be changed after loading;
-    they take effect at the next call (another criterion builds its graph then, once).
+    code (`models.criteria`), exported. Batches of one image run a graph of their own that only branches. Each graph
+    is built at its first use and kept. `exit_strategy`, `threshold` and `patience` can be changed after loading;
+    they take effect at the next call (another criterion builds its graphs then, once).
 
     Args:
         directory: an export directory (`python -m utils.export MODEL_DIR OUT_DIR`).
@@ -51,7 +52,7 @@ class EarlyExitSession:
                              f"{FORMAT_VERSION}; export the model again.")
         self.providers = list(providers or default_providers())
         self.options = options
-        self.graphs: dict[str, ort.InferenceSession] = {}
+        self.graphs: dict[tuple[str, bool], ort.InferenceSession] = {}
         self.exit_layers: list[int] = list(self.manifest["exit_layers"])
         self.num_blocks: int = self.manifest["num_blocks"]
         self.id2label: dict[int, str] = {int(index): label for index, label in self.manifest["id2label"].items()}
@@ -63,14 +64,16 @@ class EarlyExitSession:
         """The current criterion, thresholds and patience, checked."""
         return resolve_exit_settings(self.exit_strategy, self.threshold, self.patience, len(self.exit_layers))
 
-    def graph(self, strategy: str) -> ort.InferenceSession:
-        """The onnxruntime session of the whole early exit with criterion `strategy` (built at its first use)."""
-        if strategy not in self.graphs:
+    def graph(self, strategy: str, single_row: bool = False) -> ort.InferenceSession:
+        """The onnxruntime session of the whole early exit with criterion `strategy`, for batches of one image if
+        `single_row` (built at its first use)."""
+        key = (strategy, single_row)
+        if key not in self.graphs:
             segments = [onnx.load(self.directory / name) for name in self.manifest["segments"]]
-            model = early_exit_graph(segments, strategy, self.exit_layers, self.num_blocks)
-            self.graphs[strategy] = ort.InferenceSession(model.SerializeToString(), sess_options=self.options,
-                                                         providers=self.providers)
-        return self.graphs[strategy]
+            model = early_exit_graph(segments, strategy, self.exit_layers, self.num_blocks, single_row)
+            self.graphs[key] = ort.InferenceSession(model.SerializeToString(), sess_options=self.options,
+                                                    providers=self.providers)
+        return self.graphs[key]
 
     def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(pixel_values, dtype=np.float32)
@@ -81,5 +84,5 @@ class EarlyExitSession:
         inputs = {"pixel_values": images, "thresholds": np.asarray(settings.thresholds, dtype=np.float32),
                   "patience": np.asarray(settings.patience, dtype=np.int64),
                   **{name: value.numpy() for name, value in state.items()}}
-        logits, exit_layer = self.graph(settings.strategy).run(None, inputs)
+        logits, exit_layer = self.graph(settings.strategy, single_row=len(images) == 1).run(None, inputs)
         return logits, exit_layer
