@@ -12,9 +12,9 @@ serves alone, and a slow spell of the machine falls on all alike:
   (`full_model.onnx`).
 Printed per engine and batch size: images/s of early exit and of the full model (medians over rounds), measured
 speed-up (full time / early-exit time: the median over rounds, and its smallest and largest round) and measured /
-FLOPs speed-up. Two uncalibrated settings follow: one spreads the images
-over every exit (the hardest case: every exit head and decision costs latency); in the other no exit fires, which
-shows what the heads and decisions cost beyond their FLOPs.
+FLOPs speed-up. Two uncalibrated settings follow: one spreads the images over every exit (the hardest case: every
+exit head and decision costs latency); in the other no exit fires, which shows what the heads and decisions cost
+beyond their FLOPs.
 Targets: the fastest engine keeps >= 0.9 of the FLOPs speed-up at batch 1 and >= 0.95 at batch 64 at the calibrated
 thresholds and beats eager early exit; >= 0.85 at batch 1 in the spread setting.
 
@@ -90,17 +90,18 @@ class Engines:
         steps = [batches[start:start + per_step] for start in range(0, len(batches), per_step)]
         arrays = [[batch.numpy() for batch in step] for step in steps]
 
-        def each(function: Callable[[object], object], inputs: list[list[object]]) -> list[Callable[[], object]]:
-            return [functools.partial(lambda chunk: [function(batch) for batch in chunk], chunk) for chunk in inputs]
+        def in_steps(function: Callable[[object], object], chunks: list[list[object]]) -> list[Callable[[], object]]:
+            """One call per step, running `function` on each batch of the step."""
+            return [lambda chunk=chunk: [function(batch) for batch in chunk] for chunk in chunks]
 
         return {
-            "eager": {"early exit": each(self.model, steps),
-                      "full model": each(functools.partial(full_model_logits, self.model), steps)},
-            "compiled": {"early exit": each(self.compiled_model, steps),
-                         "full model": each(self.compiled_full, steps)},
-            "onnxruntime": {"early exit": each(self.session, arrays),
-                            "full model": each(lambda array: self.full_session.run(None, {"pixel_values": array}),
-                                               arrays)},
+            "eager": {"early exit": in_steps(self.model, steps),
+                      "full model": in_steps(functools.partial(full_model_logits, self.model), steps)},
+            "compiled": {"early exit": in_steps(self.compiled_model, steps),
+                         "full model": in_steps(self.compiled_full, steps)},
+            "onnxruntime": {"early exit": in_steps(self.session, arrays),
+                            "full model": in_steps(lambda array: self.full_session.run(None, {"pixel_values": array}),
+                                                   arrays)},
         }
 
 

@@ -21,6 +21,7 @@ of the time.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -84,11 +85,11 @@ class GraphBuilder:
         self.count += 1
         return f"{base}_{self.count}"
 
-    def int64(self, value: int) -> tuple[onnx.NodeProto, str]:
-        """A `Constant` node holding the int64 scalar `value`, and its name."""
+    def int64(self, value: int, shape: Sequence[int] = ()) -> tuple[onnx.NodeProto, str]:
+        """A `Constant` node holding the int64 `value` (a scalar, or `shape` filled with it), and its name."""
         name = self.name("const")
-        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [],
-                                                                                 [value])), name
+        tensor = helper.make_tensor(name, TensorProto.INT64, list(shape), [value] * math.prod(shape))
+        return helper.make_node("Constant", [], [name], value=tensor), name
 
     def inline(self, model: onnx.ModelProto, prefix: str, sources: dict[str, str]) -> tuple[list[onnx.NodeProto],
                                                                                              list[str]]:
@@ -112,11 +113,10 @@ class GraphBuilder:
 def batch_fill(builder: GraphBuilder, like: str, value: int, single_row: bool) -> tuple[list[onnx.NodeProto], str]:
     """Nodes making an int64 vector holding `value` once per row of `like` (one row: a constant); returns (nodes,
     its name)."""
-    filled = builder.name("layer")
     if single_row:
-        return [helper.make_node("Constant", [], [filled],
-                                 value=helper.make_tensor(filled, TensorProto.INT64, [1], [value]))], filled
-    rows = builder.name("rows")
+        constant, filled = builder.int64(value, (1,))
+        return [constant], filled
+    rows, filled = builder.name("rows"), builder.name("layer")
     constant, name = builder.int64(value)
     return [constant, helper.make_node("Shape", [like], [rows], end=1),
             helper.make_node("Expand", [name, rows], [filled])], filled
