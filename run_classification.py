@@ -20,17 +20,18 @@ import logging
 import sys
 from typing import Any
 
-from transformers import set_seed
+from datasets import DatasetDict
+from transformers import PreTrainedModel, set_seed
 
-from utils.analysis.flops import profile_flops
+from utils.analysis.flops import FlopsProfile, profile_flops
+from utils.analysis.metrics import build_compute_metrics
 from utils.analysis.report import analyse_evaluation, calibrate_to_budget, check_analysis_request
+from utils.arguments import DataTrainingArguments, ModelArguments, TrainingArguments, parse_arguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import label_names, load_datasets
 from utils.data.transforms import augmentation, build_transforms, image_normalization, image_processor
-from utils.training.arguments import parse_arguments
 from utils.training.checkpoints import resume_checkpoint
 from utils.training.logging_setup import configure_wandb, setup_logging
-from utils.training.metrics import build_compute_metrics
 from utils.training.model_setup import check_label_count, load_config, load_model
 from utils.training.trainer import ExitTrainer
 
@@ -49,65 +50,84 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
                 training_args.seed)
     set_seed(training_args.seed)
 
-    with training_args.main_process_first(desc="loading the dataset"):  # one download and cache per machine
-        dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
-    if training_args.do_train and "train" not in dataset:
-        raise ValueError("--do_train needs a training split: give --train_dir or a dataset with a train split.")
-    if training_args.do_eval and "validation" not in dataset:
-        raise ValueError("--do_eval needs an evaluation split: give --validation_dir or a dataset with one.")
+    dataset = load_splits(data_args, training_args, model_args)
     labels = label_names(dataset)
-
     check_label_count(model_args, labels)
     config = load_config(model_args, labels)
     check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split)
     checkpoint = resume_checkpoint(training_args, config)
     model = load_model(model_args, config)
     flops = profile_flops(model)
+    trainer, image_datasets = build_trainer(model, dataset, flops, model_args, data_args, training_args)
 
+    if training_args.do_train:
+        train(trainer, checkpoint)
+    calibration = None
+    if analysis_args.calibrates:  # every rank calibrates alike, so every rank evaluates with the same thresholds
+        calibration = calibrate_to_budget(trainer.model, image_datasets["calibration"], flops, analysis_args,
+                                          training_args.per_device_eval_batch_size)
+        trainer.save_model()  # the config now holds the calibrated thresholds
+    if not training_args.do_eval:
+        return {}
+    metrics = evaluate(trainer)
+    if analysis_args.analyses and trainer.is_world_process_zero():
+        analyse_evaluation(trainer.model, image_datasets["validation"], flops, analysis_args,
+                           training_args.per_device_eval_batch_size, training_args.output_dir, calibration)
+    return metrics
+
+
+def load_splits(data_args: DataTrainingArguments, training_args: TrainingArguments,
+                model_args: ModelArguments) -> DatasetDict:
+    """The run's splits, checked against what it is asked to do."""
+    with training_args.main_process_first(desc="loading the dataset"):  # one download and cache per machine
+        dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
+    if training_args.do_train and "train" not in dataset:
+        raise ValueError("--do_train needs a training split: give --train_dir or a dataset with a train split.")
+    if training_args.do_eval and "validation" not in dataset:
+        raise ValueError("--do_eval needs an evaluation split: give --validation_dir or a dataset with one.")
+    return dataset
+
+
+def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProfile, model_args: ModelArguments,
+                  data_args: DataTrainingArguments,
+                  training_args: TrainingArguments) -> tuple[ExitTrainer, dict[str, ImageDataset]]:
+    """The Trainer over the transformed splits (training augmentation for `train`, evaluation transforms for the
+    others); returns it with the image datasets by split."""
+    config = model.config
     mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
                                     cache_dir=model_args.cache_dir, revision=model_args.model_revision,
                                     token=model_args.token)
     train_transform, eval_transform = build_transforms(config.image_size, mean, std, **augmentation(data_args))
-    train_dataset = eval_dataset = None
-    if training_args.do_train:
-        train_dataset = ImageDataset(dataset["train"], train_transform, seed=training_args.seed)
-    if training_args.do_eval:
-        eval_dataset = ImageDataset(dataset["validation"], eval_transform)
-    eval_batch_size = training_args.per_device_eval_batch_size
-
+    image_datasets = {split: ImageDataset(data, train_transform, seed=training_args.seed) if split == "train"
+                      else ImageDataset(data, eval_transform) for split, data in dataset.items()}
     trainer = ExitTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=image_datasets.get("train") if training_args.do_train else None,
+        eval_dataset=image_datasets.get("validation") if training_args.do_eval else None,
         data_collator=collate_fn,
         compute_metrics=build_compute_metrics(config.num_blocks, flops),
         processing_class=image_processor(config.image_size, mean, std),
     )
+    return trainer, image_datasets
 
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        train_result.metrics["train_samples"] = len(train_dataset)
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
 
-    calibration = None
-    if analysis_args.calibrates:  # every rank calibrates alike, so every rank evaluates with the same thresholds
-        calibration_dataset = ImageDataset(dataset["calibration"], eval_transform)
-        calibration = calibrate_to_budget(trainer.model, calibration_dataset, flops, analysis_args, eval_batch_size)
-        trainer.save_model()  # the config now holds the calibrated thresholds
+def train(trainer: ExitTrainer, checkpoint: str | bool | None) -> None:
+    """Train (resuming from `checkpoint` if given), then save the model, the metrics and the Trainer state."""
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result.metrics["train_samples"] = len(trainer.train_dataset)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
 
-    metrics: dict[str, float] = {}
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        if analysis_args.analyses and trainer.is_world_process_zero():
-            analyse_evaluation(trainer.model, eval_dataset, flops, analysis_args, eval_batch_size,
-                               training_args.output_dir, calibration)
+
+def evaluate(trainer: ExitTrainer) -> dict[str, float]:
+    """Evaluate with per-sample early exit; log and save the metrics."""
+    metrics = trainer.evaluate()
+    metrics["eval_samples"] = len(trainer.eval_dataset)
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
     return metrics
 
 

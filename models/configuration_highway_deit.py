@@ -30,6 +30,7 @@ class DeiTHighwayConfig(EarlyExitConfig, DeiTConfig):
     """
 
     model_type = "deit_highway"
+    readable_model_types = ("vit", "deit")
     default_thresholds: ClassVar[dict[str, float]] = {"entropy": 0.6, "confidence": 0.865,
                                                       "patient_and_confident": 0.5}
     default_patience: ClassVar[dict[str, int]] = {"patience": 7, "patient_and_confident": 2}

@@ -40,6 +40,7 @@ class SwinHighwayConfig(EarlyExitConfig, SwinConfig):
     """
 
     model_type = "swin_highway"
+    readable_model_types = ("swin",)
     default_thresholds: ClassVar[dict[str, float]] = {"entropy": 0.65, "confidence": 0.75,
                                                       "patient_and_confident": 0.8}
     default_patience: ClassVar[dict[str, int]] = {"patience": 3, "patient_and_confident": 2}

@@ -7,6 +7,7 @@ exit reads and the original code's default thresholds for that backbone.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +22,8 @@ from .head_types import HeadSpec, check_grid_ratio
 from .heads import TokenLayout
 from .losses import check_lgvit_distillation_layout
 from .original_checkpoint import is_original_config, original_config_fields
+
+logger = logging.getLogger(__name__)
 
 
 def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -68,6 +71,8 @@ class EarlyExitConfig:
     freeze_backbone: bool = False
 
     default_thresholds: ClassVar[dict[str, float]] = {}
+    # model types of transformers' configurations this class reads (the backbone's own, without exits)
+    readable_model_types: ClassVar[tuple[str, ...]] = ()
     default_patience: ClassVar[dict[str, int]] = {}
 
     @classmethod
@@ -78,6 +83,30 @@ class EarlyExitConfig:
         Early-exit keyword arguments are applied before validation, so `from_pretrained(dir, num_early_exits=8,
         position_exits=[...])` is checked as a whole.
         """
+        config_dict = cls.translate_config_dict(config_dict)
+        for name in list(kwargs):
+            if name in cls.__dataclass_fields__ and name not in ("id2label", "label2id"):
+                config_dict[name] = kwargs.pop(name)
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict[str, Any], dict]:
+        """As transformers' `get_config_dict`, with a configuration of another model type that this class reads (a
+        plain ViT/DeiT/Swin one, or the original code's) translated here: the load logs one line saying so instead
+        of transformers' warning that the model type differs."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        source_type = config_dict.get("model_type")
+        if source_type in cls.readable_model_types:
+            kind = "an original LGViT" if is_original_config(config_dict) else "a plain transformers"
+            config_dict = cls.translate_config_dict(config_dict)
+            logger.info("%s is %s `%s` configuration: read as %s.", pretrained_model_name_or_path, kind, source_type,
+                        cls.__name__)
+        return config_dict, kwargs
+
+    @classmethod
+    def translate_config_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
+        """This class's fields (and `model_type`) from a configuration it reads: its own, a plain transformers one of
+        the same backbone (`adapt_plain_config`), or one of the original code (`original_config_fields`)."""
         config_dict = dict(config_dict)
         if is_original_config(config_dict):
             config_dict = original_config_fields(config_dict)
@@ -85,10 +114,9 @@ class EarlyExitConfig:
                 raise ValueError(f"This is a {config_dict['model_type']} checkpoint of the original code; load it with "
                                  f"the matching class, not {cls.__name__}.")
         config_dict = cls.adapt_plain_config(config_dict)
-        for name in list(kwargs):
-            if name in cls.__dataclass_fields__ and name not in ("id2label", "label2id"):
-                config_dict[name] = kwargs.pop(name)
-        return super().from_dict(config_dict, **kwargs)
+        if config_dict.get("model_type") in cls.readable_model_types:
+            config_dict["model_type"] = cls.model_type
+        return config_dict
 
     @classmethod
     def adapt_plain_config(cls, config_dict: dict[str, Any]) -> dict[str, Any]:

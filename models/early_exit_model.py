@@ -194,13 +194,13 @@ class EarlyExitMixin:
         if early_exit:
             decisions = run_early_exit(self.segment_runs(), pixel_values, config.exit_settings(),
                                        config.exit_positions(), config.num_blocks)
-            loss = F.cross_entropy(decisions.logits, labels) if labels is not None else None
+            loss = F.cross_entropy(decisions.logits.float(), labels) if labels is not None else None
             return EarlyExitClassifierOutput(loss=loss, logits=decisions.logits, exit_layer=decisions.exit_layer)
         outputs = self.run_all_exits(pixel_values)
         loss = None
         if labels is not None:
             loss = self.training_loss(outputs, labels) if self.training else F.cross_entropy(
-                outputs.final_logits, labels)
+                outputs.final_logits.float(), labels)
         exit_layer = torch.full((pixel_values.shape[0],), config.num_blocks, dtype=torch.long,
                                 device=outputs.final_logits.device)
         return EarlyExitClassifierOutput(loss=loss, logits=outputs.final_logits, exit_layer=exit_layer,
@@ -236,10 +236,13 @@ class EarlyExitMixin:
         step = int(self.training_forwards)
         self.training_forwards += 1
         if not outputs.exit_logits:
-            return F.cross_entropy(outputs.final_logits, labels)
+            return F.cross_entropy(outputs.final_logits.float(), labels)
         settings = LossSettings(config.loss_coefficient, config.homo_coefficient, config.hete_coefficient)
         table = STAGE2_LOSSES if config.frozen_backbone else STAGE1_LOSSES
-        return table[config.train_strategy](outputs, labels, settings, step)
+        # Every term in float32, whatever precision the forward ran in: autocast would run the feature terms'
+        # matrix products in half precision again.
+        with torch.autocast(outputs.final_logits.device.type, enabled=False):
+            return table[config.train_strategy](outputs.float(), labels, settings, step)
 
 
 def _batch_dynamic(compiled: SegmentRun) -> SegmentRun:

@@ -9,6 +9,7 @@ are always detached, so a teacher is never pulled toward its students.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,13 @@ class ExitOutputs:
     head_specs: list[HeadSpec]
     teacher_tokens: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
+
+    def float(self) -> ExitOutputs:
+        """The same outputs with every tensor in float32 (the losses are computed in float32 under autocast)."""
+        return dataclasses.replace(
+            self, exit_logits=[logits.float() for logits in self.exit_logits],
+            exit_features=[feature.float() for feature in self.exit_features], final_logits=self.final_logits.float(),
+            teacher_tokens=None if self.teacher_tokens is None else self.teacher_tokens.float())
 
 
 @dataclass

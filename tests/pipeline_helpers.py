@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from models import DeiTHighwayForImageClassification
+from utils.arguments import DataTrainingArguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets
 from utils.data.transforms import build_transforms, image_normalization
-from utils.training.arguments import DataTrainingArguments
 
 # 4 layers of hidden size 32 on 16x16 inputs with 4x4 patches (a 4x4 grid, enough for the r2/r3 LGViT heads).
 TINY_CONFIG = {

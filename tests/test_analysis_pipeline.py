@@ -14,10 +14,10 @@ from pipeline_helpers import TINY_CONFIG, read_json, run_args
 import run_classification
 from models import DeiTHighwayForImageClassification
 from utils.analysis.report import check_analysis_request
+from utils.arguments import AnalysisArguments, DataTrainingArguments, parse_arguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets
 from utils.data.transforms import build_transforms, image_normalization
-from utils.training.arguments import AnalysisArguments, DataTrainingArguments, parse_arguments
 
 FIGURES = ("tradeoff.png", "tradeoff_layers.png", "exit_accuracy.png", "exit_histogram.png")
 

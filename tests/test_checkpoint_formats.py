@@ -19,8 +19,8 @@ from transformers.models.deit.modeling_deit import DeiTForImageClassificationWit
 import run_classification
 from models import DeiTHighwayForImageClassification, SwinHighwayForImageClassification
 from models.original_checkpoint import exit_fields_from_original
+from utils.arguments import ModelArguments, TrainingArguments
 from utils.convert_timm_checkpoint import main as convert_timm
-from utils.training.arguments import ModelArguments, TrainingArguments
 from utils.training.model_setup import load_config, load_model
 from utils.training.trainer import ExitTrainer
 

@@ -16,11 +16,11 @@ from transformers import ViTImageProcessor
 
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from utils.arguments import DataTrainingArguments
 from utils.data.digits import load_digits_dataset
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets, split_train_eval, standardize_columns
 from utils.data.transforms import build_transforms
-from utils.training.arguments import DataTrainingArguments
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -13,8 +13,8 @@ from transformers import ViTImageProcessor
 
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from utils.arguments import parse_arguments
 from utils.data.transforms import build_transforms
-from utils.training.arguments import parse_arguments
 from utils.training.model_setup import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from pipeline_helpers import TINY_CONFIG, run_args
 
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
-from utils.training.arguments import ModelArguments, parse_arguments
+from utils.analysis.metrics import exit_metrics
+from utils.arguments import ModelArguments, parse_arguments
 from utils.training.logging_setup import configure_wandb
-from utils.training.metrics import exit_metrics
 
 
 @pytest.fixture

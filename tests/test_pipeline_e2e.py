@@ -20,9 +20,9 @@ import run_classification
 from models import DeiTHighwayForImageClassification
 from utils.analysis.flops import count_flops
 from utils.analysis.timing import full_model_logits
+from utils.arguments import DataTrainingArguments
 from utils.data.image_dataset import decode_rgb
 from utils.data.loading import load_datasets
-from utils.training.arguments import DataTrainingArguments
 
 EXIT_KEYS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]
 

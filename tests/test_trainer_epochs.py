@@ -9,10 +9,10 @@ from pipeline_helpers import TINY_CONFIG
 from transformers import TrainerState
 
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from utils.arguments import DataTrainingArguments, TrainingArguments
 from utils.data.image_dataset import EpochCallback, ImageDataset, collate_fn
 from utils.data.loading import load_datasets
 from utils.data.transforms import build_transforms
-from utils.training.arguments import DataTrainingArguments, TrainingArguments
 from utils.training.trainer import ExitTrainer
 
 

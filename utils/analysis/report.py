@@ -27,8 +27,8 @@ from utils.analysis.flops import FlopsProfile
 from utils.analysis.plots import log_figures_to_wandb, plot_exit_accuracy, plot_exit_histogram, plot_tradeoff
 from utils.analysis.sweep import CachedLogits, collect_logits, exit_decisions, exit_layers_of, save_sweep, sweep
 from utils.analysis.timing import measure_speedup
+from utils.arguments import AnalysisArguments
 from utils.data.image_dataset import collate_fn
-from utils.training.arguments import AnalysisArguments
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from models.criteria import EXIT_CRITERIA, get_criterion
 from models.exit_settings import ExitSettings
 from models.exiting import decide_from_logits
 from utils.analysis.flops import FlopsProfile
-from utils.training.metrics import accuracy
+from utils.analysis.metrics import accuracy
 
 logger = logging.getLogger(__name__)
 

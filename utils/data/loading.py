@@ -6,9 +6,9 @@ import logging
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 
+from utils.arguments import DataTrainingArguments
 from utils.data.digits import load_digits_dataset
 from utils.data.image_folder import load_image_folders
-from utils.training.arguments import DataTrainingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from models.early_exit_config import as_pair
-from utils.training.arguments import DataTrainingArguments
+from utils.arguments import DataTrainingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import onnx
 import onnx.utils
@@ -139,8 +140,6 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
         num_blocks: the exit layer of the final classifier.
         single_row: build the graph for batches of exactly one image (onnxruntime refuses other sizes).
     """
-    builder = GraphBuilder()
-    first_input = segments[0].graph.input[0]
     logits_type = segments[0].graph.output[-1].type.tensor_type.elem_type
     if logits_type not in LOGITS_DTYPES:
         raise ValueError(f"Segments with logits of ONNX type {logits_type} are not supported (float32 or float16).")
@@ -148,80 +147,112 @@ def early_exit_graph(segments: Sequence[onnx.ModelProto], strategy: str, exit_la
     opset = max(entry.version for entry in segments[0].opset_import if entry.domain in ("", "ai.onnx"))
     criterion = get_criterion(strategy)
     decision = onnx.load_from_string(decision_graph(criterion, logits_type, num_labels, opset))
-    state_names = list(criterion.initial_state(1, "cpu"))
     if single_row:  # the row's own decision is the branch condition: drop the reduction over rows
         decision = onnx.utils.Extractor(decision).extract_model(
             [graph_input.name for graph_input in decision.graph.input],
             [graph_output.name for graph_output in decision.graph.output[1:]])
-    types = (logits_type, TensorProto.INT64)
-
-    def from_exit(index: int, hidden: str, state: list[str]) -> tuple[list[onnx.NodeProto], str, str]:
-        """Nodes running segment `index` onwards on the rows in `hidden`; returns (nodes, logits, exit layers)."""
-        segment = segments[index]
-        nodes, outputs = builder.inline(segment, f"segment{index}_", {segment.graph.input[0].name: hidden})
-        if index == len(exit_layers):
-            fill, layers = batch_fill(builder, outputs[-1], num_blocks, single_row)
-            return nodes + fill, outputs[-1], layers
-        next_hidden, logits = outputs
-        threshold = builder.name("threshold")
-        position, position_name = builder.int64(index)
-        nodes += [position, helper.make_node("Gather", ["thresholds", position_name], [threshold], axis=0)]
-        inputs = ["logits", "threshold", "patience", *state_names]
-        decided, decision_outputs = builder.inline(decision, f"decision{index}_", dict(zip(
-            inputs, [logits, threshold, "patience", *state])))
-        nodes += decided
-        if single_row:
-            staying, next_state = decision_outputs[0], decision_outputs[1:]
-        else:
-            everyone, staying, next_state = decision_outputs[0], decision_outputs[1], decision_outputs[2:]
-        fill, layers_here = batch_fill(builder, logits, exit_layers[index], single_row)
-        nodes += fill
-        # Every row leaves: this exit's logits.
-        then_logits, then_layers = builder.name("logits"), builder.name("layer")
-        leave = ([helper.make_node("Identity", [logits], [then_logits]),
-                  helper.make_node("Identity", [layers_here], [then_layers])], [then_logits, then_layers])
-        if single_row:  # the row stays: the rest of the model runs on it as it is
-            later_nodes, later_logits, later_layers = from_exit(index + 1, next_hidden, next_state)
-            condition, if_true, if_false = staying, (later_nodes, [later_logits, later_layers]), leave
-        else:  # some rows stay: run them on, then write their results back
-            rows, row_indices, kept_hidden = builder.name("nonzero"), builder.name("rows"), builder.name("hidden")
-            kept_state = [builder.name(name) for name in state_names]
-            else_nodes = [helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
-                          *(helper.make_node("Compress", [value, staying], [kept], axis=0)
-                            for value, kept in zip(next_state, kept_state))]
-            later_nodes, later_logits, later_layers = from_exit(index + 1, kept_hidden, kept_state)
-            else_logits, else_layers = builder.name("logits"), builder.name("layer")
-            else_nodes += [*later_nodes,
-                           helper.make_node("NonZero", [staying], [rows]),
-                           helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
-                           helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
-                           helper.make_node("ScatterND", [layers_here, row_indices, later_layers], [else_layers])]
-            condition, if_true, if_false = everyone, leave, (else_nodes, [else_logits, else_layers])
-        out_logits, out_layers = builder.name("logits"), builder.name("layer")
-        nodes.append(helper.make_node("If", [condition], [out_logits, out_layers],
-                                      then_branch=branch(builder, *if_true, types),
-                                      else_branch=branch(builder, *if_false, types)))
-        return nodes, out_logits, out_layers
-
-    nodes, logits, layers = from_exit(0, "pixel_values", state_names)
+    nesting = ExitNesting(GraphBuilder(), segments, decision, list(criterion.initial_state(1, "cpu")),
+                          list(exit_layers), num_blocks, single_row, (logits_type, TensorProto.INT64))
+    nodes, logits, layers = nesting.from_exit(0, "pixel_values", nesting.state_names)
     nodes += [helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT),
               helper.make_node("Identity", [layers], ["exit_layer"])]
+    return assemble_model(nesting, nodes, num_labels)
+
+
+@dataclass
+class ExitNesting:
+    """Writes the nested graph: segment k, then criterion k's decision, then an `If` that either hands back exit
+    k's logits or runs segment k+1 onwards on the rows that stay."""
+
+    builder: GraphBuilder
+    segments: Sequence[onnx.ModelProto]
+    decision: onnx.ModelProto
+    state_names: list[str]
+    exit_layers: list[int]
+    num_blocks: int
+    single_row: bool
+    types: tuple[int, int]  # ONNX element types of the logits and of the exit layers
+
+    def from_exit(self, index: int, hidden: str, state: list[str]) -> tuple[list[onnx.NodeProto], str, str]:
+        """Nodes running segment `index` onwards on the rows in `hidden`; returns (nodes, logits, exit layers)."""
+        segment = self.segments[index]
+        nodes, outputs = self.builder.inline(segment, f"segment{index}_", {segment.graph.input[0].name: hidden})
+        if index == len(self.exit_layers):
+            fill, layers = batch_fill(self.builder, outputs[-1], self.num_blocks, self.single_row)
+            return nodes + fill, outputs[-1], layers
+        next_hidden, logits = outputs
+        decided, decision_outputs = self.decide(index, logits, state)
+        fill, layers_here = batch_fill(self.builder, logits, self.exit_layers[index], self.single_row)
+        nodes += decided + fill
+        leave = self.leave_branch(logits, layers_here)
+        if self.single_row:  # the row stays: the rest of the model runs on it as it is
+            staying, next_state = decision_outputs[0], decision_outputs[1:]
+            later_nodes, later_logits, later_layers = self.from_exit(index + 1, next_hidden, next_state)
+            condition, if_true, if_false = staying, (later_nodes, [later_logits, later_layers]), leave
+        else:
+            everyone, staying, next_state = decision_outputs[0], decision_outputs[1], decision_outputs[2:]
+            stay = self.stay_branch(index, logits, layers_here, next_hidden, staying, next_state)
+            condition, if_true, if_false = everyone, leave, stay
+        out_logits, out_layers = self.builder.name("logits"), self.builder.name("layer")
+        nodes.append(helper.make_node("If", [condition], [out_logits, out_layers],
+                                      then_branch=branch(self.builder, *if_true, self.types),
+                                      else_branch=branch(self.builder, *if_false, self.types)))
+        return nodes, out_logits, out_layers
+
+    def decide(self, index: int, logits: str, state: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
+        """Nodes of exit `index`'s decision on `logits` with its own threshold; returns (nodes, decision outputs)."""
+        threshold = self.builder.name("threshold")
+        position, position_name = self.builder.int64(index)
+        nodes = [position, helper.make_node("Gather", ["thresholds", position_name], [threshold], axis=0)]
+        inputs = ["logits", "threshold", "patience", *self.state_names]
+        decided, outputs = self.builder.inline(self.decision, f"decision{index}_", dict(zip(
+            inputs, [logits, threshold, "patience", *state])))
+        return nodes + decided, outputs
+
+    def leave_branch(self, logits: str, layers: str) -> tuple[list[onnx.NodeProto], list[str]]:
+        """Every row leaves here: this exit's logits and layer."""
+        then_logits, then_layers = self.builder.name("logits"), self.builder.name("layer")
+        return ([helper.make_node("Identity", [logits], [then_logits]),
+                 helper.make_node("Identity", [layers], [then_layers])], [then_logits, then_layers])
+
+    def stay_branch(self, index: int, logits: str, layers: str, next_hidden: str, staying: str,
+                    next_state: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
+        """Some rows stay: pick them out, run them through the rest of the model, write their results back."""
+        builder = self.builder
+        rows, row_indices, kept_hidden = builder.name("nonzero"), builder.name("rows"), builder.name("hidden")
+        kept_state = [builder.name(name) for name in self.state_names]
+        nodes = [helper.make_node("Compress", [next_hidden, staying], [kept_hidden], axis=0),
+                 *(helper.make_node("Compress", [value, staying], [kept], axis=0)
+                   for value, kept in zip(next_state, kept_state))]
+        later_nodes, later_logits, later_layers = self.from_exit(index + 1, kept_hidden, kept_state)
+        else_logits, else_layers = builder.name("logits"), builder.name("layer")
+        nodes += [*later_nodes,
+                  helper.make_node("NonZero", [staying], [rows]),
+                  helper.make_node("Transpose", [rows], [row_indices], perm=[1, 0]),
+                  helper.make_node("ScatterND", [logits, row_indices, later_logits], [else_logits]),
+                  helper.make_node("ScatterND", [layers, row_indices, later_layers], [else_layers])]
+        return nodes, [else_logits, else_layers]
+
+
+def assemble_model(nesting: ExitNesting, nodes: list[onnx.NodeProto], num_labels: int) -> onnx.ModelProto:
+    """The whole model around the nested nodes: its inputs and outputs, opsets, functions and inferred shapes."""
+    first_input = nesting.segments[0].graph.input[0]
     inputs = [helper.make_tensor_value_info("pixel_values", first_input.type.tensor_type.elem_type,
                                             ["batch", *(dim.dim_value for dim in
                                                         first_input.type.tensor_type.shape.dim[1:])]),
-              helper.make_tensor_value_info("thresholds", TensorProto.FLOAT, [len(exit_layers)]),
+              helper.make_tensor_value_info("thresholds", TensorProto.FLOAT, [len(nesting.exit_layers)]),
               helper.make_tensor_value_info("patience", TensorProto.INT64, []),
-              *(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]) for name in state_names)]
+              *(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"]) for name in nesting.state_names)]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels]),
                helper.make_tensor_value_info("exit_layer", TensorProto.INT64, ["batch"])]
     graph = helper.make_graph(nodes, "early_exit", inputs, outputs)
     opsets = {}
-    for model in (*segments, decision):
+    for model in (*nesting.segments, nesting.decision):
         for entry in model.opset_import:
             opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
                                                     for domain, version in opsets.items()],
-                              functions=list(builder.functions.values()),
-                              ir_version=max(model.ir_version for model in segments))
+                              functions=list(nesting.builder.functions.values()),
+                              ir_version=max(model.ir_version for model in nesting.segments))
     # Shapes inside the branches let onnxruntime optimise the nested segments as it does the separate ones.
     return onnx.shape_inference.infer_shapes(model, data_prop=True)

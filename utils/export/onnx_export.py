@@ -76,27 +76,40 @@ def export_onnx(model: nn.Module, output_dir: str | Path, exporter: str = "dynam
     Returns:
         The manifest.
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter={exporter!r}: choose one of {', '.join(EXPORTERS)}.")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: ONNX export supports {', '.join(DTYPES)} (ONNX's Conv has no bfloat16; "
-                         "evaluate bfloat16 with PyTorch).")
+    check_export_options(exporter, dtype)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if next(model.parameters()).dtype != DTYPES[dtype]:
         model = copy.deepcopy(model).to(DTYPES[dtype])
     model = model.eval()
     config = model.config
-    height, width = as_pair(config.image_size)
-    images = torch.randn(2, config.num_channels, height, width)
+    images = torch.randn(2, config.num_channels, *as_pair(config.image_size))
     segments = model.segments()
     example = images
     for segment in segments:
         example = export_segment(model, segment, example, output_dir / segment_file(segment), exporter)
     if full_model:
         export_segment(model, Segment(0, config.num_blocks, None), images, output_dir / "full_model.onnx", exporter)
+    manifest = build_manifest(config, segments, dtype, full_model, image_mean, image_std)
+    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    logger.info("Exported %d segments (%s exporter, %s) to %s.", len(segments), exporter, dtype, output_dir)
+    return manifest
+
+
+def check_export_options(exporter: str, dtype: str) -> None:
+    """Refuse an unknown exporter or a dtype ONNX cannot run, before anything is written."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter={exporter!r}: choose one of {', '.join(EXPORTERS)}.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: ONNX export supports {', '.join(DTYPES)} (ONNX's Conv has no bfloat16; "
+                         "evaluate bfloat16 with PyTorch).")
+
+
+def build_manifest(config: Any, segments: list[Segment], dtype: str, full_model: bool,
+                   image_mean: list[float] | None, image_std: list[float] | None) -> dict[str, Any]:
+    """What `EarlyExitSession` needs besides the graphs: files, exit layers, criterion, labels and image format."""
     settings = config.exit_settings()
-    manifest = {
+    return {
         "format": FORMAT_VERSION,
         "model_type": config.model_type,
         "dtype": dtype,
@@ -108,11 +121,8 @@ def export_onnx(model: nn.Module, output_dir: str | Path, exporter: str = "dynam
         "threshold": list(settings.thresholds),
         "patience": settings.patience,
         "id2label": {str(index): label for index, label in config.id2label.items()},
-        "image_size": [height, width],
+        "image_size": list(as_pair(config.image_size)),
         "num_channels": config.num_channels,
         "image_mean": image_mean,
         "image_std": image_std,
     }
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    logger.info("Exported %d segments (%s exporter, %s) to %s.", len(segments), exporter, dtype, output_dir)
-    return manifest

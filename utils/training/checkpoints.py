@@ -19,7 +19,7 @@ from typing import Any
 from transformers import PretrainedConfig
 from transformers.trainer_utils import get_last_checkpoint
 
-from utils.training.arguments import TrainingArguments
+from utils.arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from models import (
     SwinHighwayConfig,
     SwinHighwayForImageClassification,
 )
-from utils.training.arguments import ModelArguments
+from utils.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
