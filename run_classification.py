@@ -29,7 +29,13 @@ from utils.analysis.report import analyse_evaluation, calibrate_to_budget, check
 from utils.arguments import DataTrainingArguments, ModelArguments, TrainingArguments, parse_arguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import label_names, load_datasets
-from utils.data.transforms import augmentation, build_transforms, image_normalization, image_processor
+from utils.data.transforms import (
+    Normalization,
+    augmentation,
+    build_transforms,
+    image_normalization,
+    image_processor,
+)
 from utils.training.checkpoints import resume_checkpoint
 from utils.training.logging_setup import configure_wandb, setup_logging
 from utils.training.model_setup import check_label_count, load_config, load_model
@@ -43,11 +49,7 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     model_args, data_args, analysis_args, training_args = parse_arguments(args)
     setup_logging(training_args)
     configure_wandb(training_args.report_to)
-    logger.debug("Training/evaluation parameters %s", training_args)
-    logger.info("Model %s, data %s -> %s (seed %d)",
-                model_args.model_name_or_path or model_args.config_name or model_args.model_type,
-                data_args.dataset_name or data_args.train_dir or data_args.validation_dir, training_args.output_dir,
-                training_args.seed)
+    log_run(model_args, data_args, training_args)
     set_seed(training_args.seed)
 
     dataset = load_splits(data_args, training_args, model_args)
@@ -76,6 +78,21 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     return metrics
 
 
+def log_run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
+    """What this run starts from and how it computes."""
+    logger.debug("Training/evaluation parameters %s", training_args)
+    logger.info("Model %s, data %s -> %s (seed %d)",
+                model_args.model_name_or_path or model_args.config_name or model_args.model_type,
+                data_args.dataset_name or data_args.train_dir or data_args.validation_dir, training_args.output_dir,
+                training_args.seed)
+    if training_args.precision_choice is not None:
+        logger.info("Precision %s: %s.", training_args.precision_choice.name, training_args.precision_choice.reason)
+    if training_args.batch_split is not None and training_args.do_train:
+        logger.info("Batch: %s.", training_args.batch_split.describe())
+    logger.info("Data loading: %d worker process(es) per training process%s.", training_args.dataloader_num_workers,
+                ", persistent" if training_args.dataloader_persistent_workers else "")
+
+
 def load_splits(data_args: DataTrainingArguments, training_args: TrainingArguments,
                 model_args: ModelArguments) -> DatasetDict:
     """The run's splits, checked against what it is asked to do."""
@@ -97,9 +114,11 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
     mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
                                     cache_dir=model_args.cache_dir, revision=model_args.model_revision,
                                     token=model_args.token)
-    train_transform, eval_transform = build_transforms(config.image_size, mean, std, **augmentation(data_args))
-    image_datasets = {split: ImageDataset(data, train_transform, seed=training_args.seed) if split == "train"
-                      else ImageDataset(data, eval_transform) for split, data in dataset.items()}
+    train_transform, eval_transform = build_transforms(config.image_size, **augmentation(data_args))
+    normalization = Normalization(mean, std)
+    image_datasets = {split: ImageDataset(data, train_transform, normalization, seed=training_args.seed)
+                      if split == "train" else ImageDataset(data, eval_transform, normalization)
+                      for split, data in dataset.items()}
     trainer = ExitTrainer(
         model=model,
         args=training_args,
@@ -108,6 +127,7 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
         data_collator=collate_fn,
         compute_metrics=build_compute_metrics(config.num_blocks, flops),
         processing_class=image_processor(config.image_size, mean, std),
+        normalization=normalization,
     )
     return trainer, image_datasets
 

@@ -49,7 +49,8 @@ BATCH_SIZES = (64, 1)
 IMAGES_PER_STEP = 64
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a saved model directory to load instead of training")
     parser.add_argument("--train_epochs", type=int, default=6)
@@ -57,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
-    return parser.parse_args()
+    return parser
 
 
 class Engines:
@@ -144,7 +145,7 @@ def time_engines(engines: Engines, profile: FlopsProfile, images: torch.Tensor, 
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     splits = digits_splits()
     model = benchmark_model(splits, args.checkpoint, args.train_epochs)

@@ -85,10 +85,15 @@ def compare(model, images: torch.Tensor, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     model = build_model()
     images = torch.randn(256, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     spread_thresholds(model, images)

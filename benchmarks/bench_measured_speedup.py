@@ -103,7 +103,8 @@ def plain_deit(model: DeiTHighwayForImageClassification) -> DeiTForImageClassifi
     return plain
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a saved model directory to load instead of training")
     parser.add_argument("--save_checkpoint", help="where to save the trained model (reuse with --checkpoint)")
@@ -119,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 by default: on a shared 2-core machine extra threads wait on each other")
-    return parser.parse_args()
+    return parser
 
 
 def calibrate_and_report(model: DeiTHighwayForImageClassification, profile: FlopsProfile,
@@ -187,7 +188,7 @@ def benchmark_model(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], checkp
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     splits = digits_splits()
     model = benchmark_model(splits, args.checkpoint, args.train_epochs, args.save_checkpoint)

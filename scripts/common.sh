@@ -16,14 +16,46 @@ if [[ -z "${PYTHON:-}" ]]; then
     fi
 fi
 
-# One process per visible GPU (torchrun), plain python on CPU-only machines. NUM_GPUS overrides (on a CPU-only
-# machine NUM_GPUS=2 runs two CPU processes).
-NUM_GPUS="${NUM_GPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)}"
-if (( NUM_GPUS > 0 )); then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_GPUS")
-else
-    LAUNCH=("$PYTHON")
-fi
+# Processes: one per visible GPU on this node (torchrun), one plain python process on a CPU-only machine.
+# GPUS_PER_NODE (or NUM_GPUS, the older name) sets the processes per node (on a CPU-only machine GPUS_PER_NODE=2 runs
+# two gloo processes). Several nodes: NNODES, NODE_RANK (0 .. NNODES-1, one launcher per node), MASTER_ADDR and
+# MASTER_PORT (node 0's address and a free port), as torchrun's multi-node flags; scripts/slurm/ starts them from
+# SLURM's variables. MAX_RESTARTS > 0 restarts the whole group after a failure, resuming from the last checkpoint
+# (on several nodes through torchrun's c10d rendezvous at MASTER_ADDR:MASTER_PORT, named RDZV_ID).
+# PRECISION (auto, bf16, fp16, fp32), GLOBAL_BATCH_SIZE and NUM_WORKERS change the presets' precision, global batch
+# and loader workers; `python -m utils.training.launch_plan` prints what they come to before anything runs.
+# DRY_RUN=1 prints the plan and the command without running it.
+GPUS_PER_NODE="${GPUS_PER_NODE:-${NUM_GPUS:-}}"
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+MAX_RESTARTS="${MAX_RESTARTS:-0}"
+
+launch_command() {  # launch_command <processes per node>: sets LAUNCH, the command starting the processes
+    local per_node="$1" restarts=()
+    if (( MAX_RESTARTS > 0 )); then
+        # A restarted group gets a fresh rendezvous store: the shared one would still hold the failed group's
+        # addresses, which the new processes may read before they are replaced.
+        export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+        restarts=(--max_restarts="$MAX_RESTARTS")
+    fi
+    if (( NNODES > 1 && MAX_RESTARTS > 0 )); then
+        # Restarts across nodes need the c10d rendezvous (the static one cannot form a group twice); node ranks then
+        # follow the order in which nodes join, and RDZV_ID names the run on every node.
+        LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --rdzv_backend=c10d
+                --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-lgvit}}"
+                --nproc_per_node="$per_node" "${restarts[@]}")
+    elif (( NNODES > 1 )); then
+        LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK"
+                --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --nproc_per_node="$per_node")
+    elif (( per_node > 0 || MAX_RESTARTS > 0 )); then
+        LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$(( per_node > 0 ? per_node : 1 ))"
+                "${restarts[@]}")
+    else
+        LAUNCH=("$PYTHON")
+    fi
+}
 
 # wandb by default (offline when no API key is configured); REPORT_TO=none turns it off.
 REPORT_TO="${REPORT_TO:-wandb}"
@@ -132,7 +164,9 @@ lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py 
     # The user's overrides: a setting is passed only when its variable is set, and only to the stages it concerns
     # (the exit layout is stage 1's; later stages keep the checkpoint's).
     local pair variable flag pairs=(LR:learning_rate BATCH_SIZE:per_device_train_batch_size
-                                    EVAL_BATCH_SIZE:per_device_eval_batch_size EPOCHS:num_train_epochs SEED:seed)
+                                    GLOBAL_BATCH_SIZE:global_batch_size EVAL_BATCH_SIZE:per_device_eval_batch_size
+                                    EPOCHS:num_train_epochs SEED:seed PRECISION:precision
+                                    NUM_WORKERS:dataloader_num_workers)
     [[ "$stage" == stage1 ]] && pairs+=(HIGHWAY_TYPE:highway_type NUM_EARLY_EXITS:num_early_exits
                                         POSITION_EXITS:position_exits)
     [[ "$stage" == stage1 || "$stage" == stage2 ]] && pairs+=(TRAIN_STRATEGY:train_strategy
@@ -142,6 +176,14 @@ lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py 
         variable="${pair%%:*}" flag="${pair#*:}"
         [[ -n "${!variable:-}" ]] && args+=("--$flag" "${!variable}")
     done
+    local per_node
+    per_node="$(cd "$ROOT" && "$PYTHON" -m utils.training.launch_plan --nodes "$NNODES" \
+        --processes_per_node "$GPUS_PER_NODE" -- "${presets[@]}" "${args[@]}" "$@")" || return 2
+    launch_command "$per_node"
     echo "=== $stage: run_classification.py ${presets[*]#$ROOT/} ${args[*]} $* ==="
+    if [[ -n "${DRY_RUN:-}" ]]; then
+        echo "${LAUNCH[*]} $RUN ${presets[*]} ${args[*]} $*"
+        return 0
+    fi
     "${LAUNCH[@]}" "$RUN" "${presets[@]}" "${args[@]}" "$@"
 }

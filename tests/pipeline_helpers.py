@@ -12,7 +12,7 @@ from models import DeiTHighwayForImageClassification
 from utils.arguments import DataTrainingArguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets
-from utils.data.transforms import build_transforms, image_normalization
+from utils.data.transforms import Normalization, build_transforms, image_normalization
 
 # 4 layers of hidden size 32 on 16x16 inputs with 4x4 patches (a 4x4 grid, enough for the r2/r3 LGViT heads).
 TINY_CONFIG = {
@@ -78,9 +78,10 @@ def median_first_exit_confidence(model_dir: Path, eval_samples: int) -> float:
     """A confidence threshold at which about half the eval samples leave at the first exit, the rest later."""
     model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
     data = load_datasets(DataTrainingArguments(dataset_name="digits", max_eval_samples=eval_samples), seed=777)
-    _, eval_transform = build_transforms(model.config.image_size, *image_normalization(str(model_dir)))
-    dataset = ImageDataset(data["validation"], eval_transform)
+    _, eval_transform = build_transforms(model.config.image_size)
+    normalization = Normalization(*image_normalization(str(model_dir)))
+    dataset = ImageDataset(data["validation"], eval_transform, normalization)
     batch = collate_fn([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        first_exit = model(batch["pixel_values"], early_exit=False).exit_logits[0]
+        first_exit = model(normalization(batch["pixel_values"]), early_exit=False).exit_logits[0]
     return float(first_exit.softmax(-1).max(-1).values.median())

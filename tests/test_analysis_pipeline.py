@@ -17,7 +17,7 @@ from utils.analysis.report import check_analysis_request
 from utils.arguments import AnalysisArguments, DataTrainingArguments, parse_arguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets
-from utils.data.transforms import build_transforms, image_normalization
+from utils.data.transforms import Normalization, build_transforms, image_normalization
 
 FIGURES = ("tradeoff.png", "tradeoff_layers.png", "exit_accuracy.png", "exit_histogram.png")
 
@@ -50,11 +50,12 @@ def test_calibrated_thresholds_are_saved_and_meet_the_target_on_the_held_out_spl
     # Independently: the saved model, run with online early exit on the calibration split, reaches the target.
     model = DeiTHighwayForImageClassification.from_pretrained(output).eval()
     data = load_datasets(DataTrainingArguments(dataset_name="digits", calibration_split=0.2), seed=777)
-    _, eval_transform = build_transforms(model.config.image_size, *image_normalization(str(output)))
-    calibration = ImageDataset(data["calibration"], eval_transform)
+    _, eval_transform = build_transforms(model.config.image_size)
+    normalization = Normalization(*image_normalization(str(output)))
+    calibration = ImageDataset(data["calibration"], eval_transform, normalization)
     batch = collate_fn([calibration[i] for i in range(len(calibration))])
     with torch.no_grad():
-        exit_layer = model(batch["pixel_values"]).exit_layer
+        exit_layer = model(normalization(batch["pixel_values"])).exit_layer
     assert TINY_CONFIG["num_hidden_layers"] / exit_layer.double().mean().item() >= 1.6 - 1e-9
     # The held-out part is out of the training split, and training used the rest.
     assert read_json(output / "train_results.json")["train_samples"] == len(data["train"])

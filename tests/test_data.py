@@ -11,7 +11,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from pipeline_helpers import TINY_CONFIG, read_json, run_args, write_tiny_config
-from torchvision import transforms as T
+from torchvision.transforms import v2
 from transformers import ViTImageProcessor
 
 import run_classification
@@ -20,32 +20,32 @@ from utils.arguments import DataTrainingArguments
 from utils.data.digits import load_digits_dataset
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets, split_train_eval, standardize_columns
-from utils.data.transforms import build_transforms
+from utils.data.transforms import Normalization, build_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def record_transforms(monkeypatch: pytest.MonkeyPatch) -> dict[str, T.Compose]:
+def record_transforms(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[v2.Compose, Normalization]]:
     """Capture the transforms run_classification really hands to its datasets: 'train' (the seeded one) and
     'eval'."""
-    seen: dict[str, T.Compose] = {}
+    seen: dict[str, tuple[v2.Compose, Normalization]] = {}
 
     class RecordingDataset(ImageDataset):
-        def __init__(self, data, transform, seed=None):
-            seen["train" if seed is not None else "eval"] = transform
-            super().__init__(data, transform, seed=seed)
+        def __init__(self, data, transform, normalization, seed=None):
+            seen["train" if seed is not None else "eval"] = (transform, normalization)
+            super().__init__(data, transform, normalization, seed=seed)
 
     monkeypatch.setattr(run_classification, "ImageDataset", RecordingDataset)
     return seen
 
 
-def steps_of(transform: T.Compose, kind: type) -> list:
-    return [step for step in transform.transforms if isinstance(step, kind)]
+def steps_of(recorded: tuple[v2.Compose, Normalization], kind: type) -> list:
+    return [step for step in recorded[0].transforms if isinstance(step, kind)]
 
 
-def assert_normalised_with(transform: T.Compose, mean: list[float], std: list[float]) -> None:
-    (normalize,) = steps_of(transform, T.Normalize)
-    assert list(normalize.mean) == pytest.approx(mean) and list(normalize.std) == pytest.approx(std)
+def assert_normalised_with(recorded: tuple[v2.Compose, Normalization], mean: list[float], std: list[float]) -> None:
+    normalization = recorded[1]
+    assert normalization.mean == pytest.approx(mean) and normalization.std == pytest.approx(std)
 
 
 def digits_args(**kwargs) -> DataTrainingArguments:
@@ -145,10 +145,10 @@ def test_image_folders_of_any_mode_and_size(tmp_path: Path) -> None:
     data = load_datasets(DataTrainingArguments(train_dir=str(root / "train"), validation_dir=str(root / "val")),
                          seed=0, cache_dir=str(tmp_path / "cache"))
     assert data["train"].features["labels"].names == ["cat", "dog"]
-    train_transform, eval_transform = build_transforms(16, [0.5] * 3, [0.5] * 3)
+    train_transform, eval_transform = build_transforms(16)
     for split, transform in (("train", train_transform), ("validation", eval_transform)):
-        batch = collate_fn(list(ImageDataset(data[split], transform, seed=0)))
-        assert batch["pixel_values"].shape == (6, 3, 16, 16) and torch.isfinite(batch["pixel_values"]).all()
+        batch = collate_fn(list(ImageDataset(data[split], transform, Normalization([0.5] * 3, [0.5] * 3), seed=0)))
+        assert batch["pixel_values"].shape == (6, 3, 16, 16) and batch["pixel_values"].dtype == torch.uint8
 
 
 def test_image_folders_train_with_the_original_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,10 +162,10 @@ def test_image_folders_train_with_the_original_augmentation(tmp_path: Path, monk
         cache_dir=str(tmp_path / "cache"),
     ))
     assert metrics["eval_samples"] == 6
-    (crop,) = steps_of(seen["train"], T.RandomResizedCrop)
+    (crop,) = steps_of(seen["train"], v2.RandomResizedCrop)
     assert crop.scale == (0.08, 1.0) and tuple(crop.size) == (16, 16)
-    assert len(steps_of(seen["train"], T.RandomHorizontalFlip)) == 1
-    assert steps_of(seen["eval"], T.RandomResizedCrop) == steps_of(seen["eval"], T.RandomHorizontalFlip) == []
+    assert len(steps_of(seen["train"], v2.RandomHorizontalFlip)) == 1
+    assert steps_of(seen["eval"], v2.RandomResizedCrop) == steps_of(seen["eval"], v2.RandomHorizontalFlip) == []
     for transform in seen.values():
         assert_normalised_with(transform, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -188,9 +188,9 @@ def test_a_checkpoints_own_normalisation_and_the_digits_augmentation(tmp_path: P
         assert_normalised_with(transform, mean, std)
     saved = read_json(output / "preprocessor_config.json")
     assert saved["image_mean"] == pytest.approx(mean) and saved["image_std"] == pytest.approx(std)
-    (crop,) = steps_of(seen["train"], T.RandomResizedCrop)
+    (crop,) = steps_of(seen["train"], v2.RandomResizedCrop)
     assert crop.scale == (0.8, 1.0) and tuple(crop.size) == (16, 16)
-    assert steps_of(seen["train"], T.RandomHorizontalFlip) == []
+    assert steps_of(seen["train"], v2.RandomHorizontalFlip) == []
 
 
 def test_unreadable_files_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -214,9 +214,9 @@ def test_an_image_that_fails_late_is_left_out_of_its_batch(caplog: pytest.LogCap
     data = Dataset.from_dict(
         {"image": [{"bytes": b"garbage", "path": "broken.png"}, good], "labels": [0, 0]}, features=features
     )
-    _, transform = build_transforms(8, [0.5] * 3, [0.5] * 3)
+    _, transform = build_transforms(8)
     with caplog.at_level(logging.WARNING):
-        batch = collate_fn([ImageDataset(data, transform)[i] for i in range(2)])
+        batch = collate_fn([ImageDataset(data, transform, Normalization([0.5] * 3, [0.5] * 3))[i] for i in range(2)])
     assert batch["pixel_values"].shape == (1, 3, 8, 8) and "broken.png" in caplog.text
 
 

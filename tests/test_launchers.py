@@ -1,6 +1,6 @@
 """The launchers: the presets are the one source of hyperparameters, a variable overrides a setting only when set
 (and only in the stages it concerns), the original scripts' variable names work, and stage-1 output paths name the
-method. Most checks read the command a launcher would run (`LAUNCH=(echo)`); two launches really train."""
+method. Most checks read the command a launcher would run (`DRY_RUN=1`); two launches really train."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def planned_command(stage: str, backbone: str = "ViT", **variables: str) -> list
     """The run_classification.py command `lgvit_stage` would launch, printed instead of run."""
     finished = subprocess.run(
         ["bash", "-c", f"SCRIPT_DIR={ROOT / 'scripts'}; BACKBONE={backbone}; source {ROOT / 'scripts' / 'common.sh'}"
-                       f" && LAUNCH=(echo) && lgvit_stage {stage}"],
-        env=environment(SAVE_ROOT="/saved", **variables), capture_output=True, text=True, timeout=60)
+                       f" && lgvit_stage {stage}"],
+        env=environment(SAVE_ROOT="/saved", DRY_RUN="1", **variables), capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
     return finished.stdout.splitlines()[-1].split()
 

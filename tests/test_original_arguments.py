@@ -14,7 +14,7 @@ from transformers import ViTImageProcessor
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 from utils.arguments import parse_arguments
-from utils.data.transforms import build_transforms
+from utils.data.transforms import Normalization
 from utils.training.model_setup import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,11 +148,11 @@ def test_image_processor_name_brings_another_normalisation_and_config_name_defer
     (tmp_path / "plain.json").write_text(json.dumps({**TINY_CONFIG, "num_early_exits": 0}))
     seen = []
 
-    def recording_build_transforms(size, mean, std, **kwargs):
+    def recording_normalization(mean, std):
         seen.append((mean, std))
-        return build_transforms(size, mean, std, **kwargs)
+        return Normalization(mean, std)
 
-    monkeypatch.setattr(run_classification, "build_transforms", recording_build_transforms)
+    monkeypatch.setattr(run_classification, "Normalization", recording_normalization)
     with caplog.at_level(logging.WARNING):
         metrics = run_classification.main(run_args(
             tmp_path / "eval", model_name_or_path=str(tmp_path / "model"), do_train=False,

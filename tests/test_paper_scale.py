@@ -73,7 +73,7 @@ def test_paper_models_through_every_launcher(tmp_path: Path, image_folder: Path,
            "PYTHON": sys.executable, "SAVE_ROOT": str(saved), "BACKBONE": backbone,
            "CONFIG_NAME": str(ROOT / "configs" / "paper" / "models" / config),
            "TRAIN_DIR": str(image_folder / "train"), "VALIDATION_DIR": str(image_folder / "val"),
-           "BATCH_SIZE": "2", "EVAL_BATCH_SIZE": "2"}
+           "GLOBAL_BATCH_SIZE": "2", "BATCH_SIZE": "2", "EVAL_BATCH_SIZE": "2"}
     launch(f"train_base_{family}.sh", env, *ONE_STEP)
     launch(f"train_baseline_{family}.sh", env, *ONE_STEP)
     launch(f"train_distillation_{family}.sh", env, *ONE_STEP)

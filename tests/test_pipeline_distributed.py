@@ -83,7 +83,8 @@ def stage2_run(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     root = tmp_path_factory.mktemp("distributed_stage2")
     run_classification.main(stage1_args(root / "stage1", base_model, do_eval=False))
     launch("train_distillation_deit.sh", root, *SHORT, "--max_train_samples", "32",
-           MODEL_NAME_OR_PATH=str(root / "stage1"), OUTPUT_DIR=str(root / "stage2"), BATCH_SIZE="8")
+           MODEL_NAME_OR_PATH=str(root / "stage1"), OUTPUT_DIR=str(root / "stage2"), GLOBAL_BATCH_SIZE="16",
+           BATCH_SIZE="8")
     return root
 
 
@@ -93,7 +94,7 @@ def test_two_process_stage1_equals_one_process_on_the_same_global_batch(base_mod
     the weights of one process of 16."""
     double = tmp_path / "double"
     launch("train_baseline_deit.sh", tmp_path, *SHORT, MODEL_NAME_OR_PATH=str(base_model), OUTPUT_DIR=str(double),
-           BATCH_SIZE="8", HIGHWAY_TYPE="linear", NUM_EARLY_EXITS="3", POSITION_EXITS="[1,2,3]",
+           GLOBAL_BATCH_SIZE="16", BATCH_SIZE="8", HIGHWAY_TYPE="linear", NUM_EARLY_EXITS="3", POSITION_EXITS="[1,2,3]",
            TRAIN_STRATEGY="alternating_weighted")
     state = read_json(double / "trainer_state.json")
     # Two processes ran: 16 samples make one step of 2 x 8 per epoch (one process of 8 would need two).
@@ -104,8 +105,9 @@ def test_two_process_stage1_equals_one_process_on_the_same_global_batch(base_mod
         str(ROOT / "configs" / "paper" / "stage1.yaml"), "--model_name_or_path", str(base_model), "--backbone", "ViT",
         "--dataset_name", "digits", "--output_dir", str(tmp_path / "single"), "--highway_type", "linear",
         "--num_early_exits", "3", "--position_exits", "[1,2,3]", "--train_strategy", "alternating_weighted",
-        "--threshold", "0.8", "--learning_rate", "1e-3", "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "4", "--num_train_epochs", "50", "--seed", "777", "--report_to", "none",
+        "--threshold", "0.8", "--learning_rate", "1e-3", "--global_batch_size", "16",
+        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "4", "--num_train_epochs", "50",
+        "--seed", "777", "--report_to", "none",
         *SHORT, *EXIT_ARGS, "--do_eval", "False",
     ])
     single_weights = load_file(tmp_path / "single" / "model.safetensors")

@@ -62,7 +62,7 @@ def test_every_stage_writes_its_files(stages: dict[str, Path]) -> None:
 def evaluation_batch(model_dir: Path, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's evaluation samples, transformed here as the README says: resize, centre crop, the saved mean/std."""
     processor = read_json(model_dir / "preprocessor_config.json")
-    transform = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(),
+    transform = T.Compose([T.ToPILImage(), T.Resize(16), T.CenterCrop(16), T.ToTensor(),
                            T.Normalize(processor["image_mean"], processor["image_std"])])
     arguments = DataTrainingArguments(dataset_name="digits", max_eval_samples=samples)
     split = load_datasets(arguments, seed=777)["validation"]

@@ -31,13 +31,18 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(ExitTrainer, "training_step", training_step)
 
 
-@pytest.mark.parametrize("how", ["detected in the output dir", "--resume_from_checkpoint"])
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+@pytest.mark.parametrize("how, workers", [("detected in the output dir", 0), ("--resume_from_checkpoint", 0),
+                                          ("detected in the output dir", 2)])
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str,
+                                               workers: int) -> None:
+    """With 2 persistent loader workers too: they keep their copy of the dataset across the epoch boundary at step 4,
+    and still crop and flip as the uninterrupted run does."""
     base = tmp_path / "base"
     run_classification.main(run_args(base, config_name=write_tiny_config(tmp_path), do_eval=False))
     # Stage 1 uses the alternating strategy, whose step counter must survive the restart too. 4 steps per epoch:
     # the kill at step 5 leaves checkpoint-3, in the middle of the first epoch.
-    settings = {"max_steps": 7, "save_strategy": "steps", "save_steps": 3, "max_train_samples": 64}
+    settings = {"max_steps": 7, "save_strategy": "steps", "save_steps": 3, "max_train_samples": 64,
+                "dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0}
 
     straight = run_classification.main(stage1_args(tmp_path / "straight", base, **settings))
 

@@ -12,14 +12,14 @@ from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 from utils.arguments import DataTrainingArguments, TrainingArguments
 from utils.data.image_dataset import EpochCallback, ImageDataset, collate_fn
 from utils.data.loading import load_datasets
-from utils.data.transforms import build_transforms
+from utils.data.transforms import Normalization, build_transforms
 from utils.training.trainer import ExitTrainer
 
 
 def test_the_trainer_tells_the_training_set_each_epoch(tmp_path: Path) -> None:
     data = load_datasets(DataTrainingArguments(dataset_name="digits", max_train_samples=8), seed=1)
-    train_transform, _ = build_transforms(16, [0.5] * 3, [0.5] * 3, horizontal_flip=True, min_crop_scale=0.5)
-    dataset = ImageDataset(data["train"], train_transform, seed=1)
+    train_transform, _ = build_transforms(16, horizontal_flip=True, min_crop_scale=0.5)
+    dataset = ImageDataset(data["train"], train_transform, Normalization([0.5] * 3, [0.5] * 3), seed=1)
     model = DeiTHighwayForImageClassification(DeiTHighwayConfig(**{**TINY_CONFIG, "num_labels": 10}))
     trainer = ExitTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
                           train_dataset=dataset, data_collator=collate_fn)

@@ -31,11 +31,16 @@ def convert(original_config: dict[str, Any], state_dict: dict[str, torch.Tensor]
     return model_class.from_original(original_config, state_dict)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("original_dir", type=Path, help="directory of a checkpoint saved by the original code")
     parser.add_argument("output_dir", type=Path, help="where to write the converted save_pretrained directory")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert(*read_original_checkpoint(args.original_dir))
     model.save_pretrained(args.output_dir)

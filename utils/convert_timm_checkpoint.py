@@ -20,12 +20,17 @@ from models import DeiTHighwayForImageClassification, SwinHighwayForImageClassif
 logger = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="timm model name, e.g. vit_base_patch16_224")
     parser.add_argument("output_dir", type=Path, help="where to write the save_pretrained directory")
     parser.add_argument("--weights", type=Path, help="a local timm weights file instead of the Hub's")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     overlay = {"pretrained_cfg_overlay": {"file": str(args.weights)}} if args.weights else {}
     timm_model = timm.create_model(args.model, pretrained=True, **overlay)

@@ -11,8 +11,8 @@ Usage (from the repository root): python -m utils.analysis.compare_methods <outp
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,14 @@ def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
     return summary
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", type=Path, help="the output directory of scripts/compare_methods.sh")
+    parser.add_argument("methods", nargs="+", help="method names, as the sub-folders of the output directory")
+    return parser
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        raise SystemExit(__doc__.strip().splitlines()[-1])
-    compare(sys.argv[1], sys.argv[2:])
+    arguments = build_parser().parse_args()
+    compare(arguments.output_dir, arguments.methods)

@@ -1,10 +1,11 @@
 """Summarise the quickstart: read each stage's eval_results.json, print a table, write results.json.
 
-Usage: python utils/quickstart_report.py <quickstart output dir> [<seconds taken>]
+Usage: python -m utils.analysis.quickstart_report <quickstart output dir> [<seconds taken>]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -59,9 +60,18 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", type=Path, help="the quickstart's output directory")
+    parser.add_argument("seconds", type=float, nargs="?", help="how long the quickstart took")
+    return parser
+
+
 def main(argv: list[str]) -> None:
-    output_dir = Path(argv[0])
-    summary = summarise(output_dir, float(argv[1]) if len(argv) > 1 else None)
+    arguments = build_parser().parse_args(argv)
+    output_dir = arguments.output_dir
+    summary = summarise(output_dir, arguments.seconds)
     (output_dir / "results.json").write_text(json.dumps(summary["results"], indent=2) + "\n")
     results = summary["results"]
     print(f"\nQuickstart results ({results['eval_samples']} held-out digits, exit strategy "

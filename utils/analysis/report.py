@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from utils.analysis.calibration import Calibration, calibrate, evaluation_report, write_exit_settings
 from utils.analysis.flops import FlopsProfile
@@ -28,7 +28,7 @@ from utils.analysis.plots import log_figures_to_wandb, plot_exit_accuracy, plot_
 from utils.analysis.sweep import CachedLogits, collect_logits, exit_decisions, exit_layers_of, save_sweep, sweep
 from utils.analysis.timing import measure_speedup
 from utils.arguments import AnalysisArguments
-from utils.data.image_dataset import collate_fn
+from utils.data.image_dataset import ImageDataset, collate_fn
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,14 @@ def measured_speedup_is_valid(report: dict[str, Any]) -> bool:
     return False
 
 
-def cache_logits(model: nn.Module, dataset: Dataset, batch_size: int) -> CachedLogits:
-    """Every exit's logits on `dataset` (rows of `utils.image_dataset.ImageDataset`), in one pass."""
-    return collect_logits(model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
+def cache_logits(model: nn.Module, dataset: ImageDataset, batch_size: int) -> CachedLogits:
+    """Every exit's logits on `dataset`, in one pass."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    return collect_logits(model, ({**batch, "pixel_values": dataset.normalization(batch["pixel_values"])}
+                                  for batch in loader))
 
 
-def calibrate_to_budget(model: nn.Module, dataset: Dataset, profile: FlopsProfile, args: AnalysisArguments,
+def calibrate_to_budget(model: nn.Module, dataset: ImageDataset, profile: FlopsProfile, args: AnalysisArguments,
                         batch_size: int) -> Calibration:
     """Choose thresholds on `dataset` (the calibration split) and write them into `model.config`."""
     strategy = args.calibration_strategy or model.config.exit_strategy
@@ -87,7 +89,7 @@ def write_figures(cache: CachedLogits, curves: dict, exit_layer: torch.Tensor, o
     }
 
 
-def analyse_evaluation(model: nn.Module, dataset: Dataset, profile: FlopsProfile, args: AnalysisArguments,
+def analyse_evaluation(model: nn.Module, dataset: ImageDataset, profile: FlopsProfile, args: AnalysisArguments,
                        batch_size: int, output_dir: str | Path,
                        calibration: Calibration | None = None) -> dict[str, Any]:
     """Sweep, report, time and plot the model on the eval `dataset`; returns `analysis_results.json`'s content."""
@@ -103,7 +105,8 @@ def analyse_evaluation(model: nn.Module, dataset: Dataset, profile: FlopsProfile
         "num_blocks": cache.num_blocks, "samples": len(cache)})
     if args.measure_speedup:
         rows = (dataset[i]["pixel_values"] for i in range(min(args.speed_samples, len(dataset))))
-        images = torch.stack([pixels for pixels in rows if pixels is not None])  # unreadable images are skipped
+        readable = [pixels for pixels in rows if pixels is not None]  # unreadable images are skipped
+        images = dataset.normalization(torch.stack(readable))
         report.update(measure_speedup(model, images, batch_size, args.speed_repeats))
         report["measured_over_flops_speedup"] = report["measured_speedup"] / report["flops_speedup"]
         report["measured_speedup_valid"] = measured_speedup_is_valid(report)

@@ -1,14 +1,29 @@
 """The command-line arguments of `run_classification.py`, in four groups (model, data, analysis, training) that the
 layers above read, and their parsing. This package sits below `utils.data`, `utils.training` and `utils.analysis`,
-so each of them can read its own group without importing another layer."""
+so each of them can read its own group without importing another layer.
 
-from utils.arguments.analysis import AnalysisArguments
-from utils.arguments.data import DataTrainingArguments
-from utils.arguments.model import MODEL_CONFIG_FIELDS, ModelArguments, parse_literal
-from utils.arguments.parsing import ARGUMENT_CLASSES, parse_arguments, read_argument_file
-from utils.arguments.training import TrainingArguments
+The names below load on first use, so the launchers' light helpers (`files`, `precision`, `batch_split`, `workers`)
+import without transformers.
+"""
 
-__all__ = [
-    "ARGUMENT_CLASSES", "MODEL_CONFIG_FIELDS", "AnalysisArguments", "DataTrainingArguments", "ModelArguments",
-    "TrainingArguments", "parse_arguments", "parse_literal", "read_argument_file",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "AnalysisArguments": "utils.arguments.analysis",
+    "DataTrainingArguments": "utils.arguments.data",
+    "ModelArguments": "utils.arguments.model",
+    "MODEL_CONFIG_FIELDS": "utils.arguments.model",
+    "parse_literal": "utils.arguments.model",
+    "ARGUMENT_CLASSES": "utils.arguments.parsing",
+    "parse_arguments": "utils.arguments.parsing",
+    "read_argument_file": "utils.arguments.files",
+    "TrainingArguments": "utils.arguments.training",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'utils.arguments' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from utils.arguments.analysis import AnalysisArguments
 from utils.arguments.data import DataTrainingArguments
+from utils.arguments.files import ARGUMENT_FILE_SUFFIXES, read_argument_file
 from utils.arguments.model import ModelArguments
 from utils.arguments.original import translate_arguments, translate_values
 from utils.arguments.training import TrainingArguments
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments)
-ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def read_argument_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML file of arguments into a dict."""
-    text = Path(path).read_text(encoding="utf-8")
-    values = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values.")
-    return values
-
-
 def parse_arguments(
     args: list[str] | dict[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments]:

@@ -1,4 +1,5 @@
-"""Image transforms: the original's torchvision pipeline, with per-dataset augmentation defaults."""
+"""Image transforms on uint8 tensors (the original's augmentation), the normalisation that follows them on the device,
+the original's PIL pipeline as the reference, and per-dataset augmentation defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import v2
 from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -46,19 +49,60 @@ def augmentation(data_args: DataTrainingArguments) -> dict[str, Any]:
 
 def build_transforms(
     image_size: int | Sequence[int],
+    horizontal_flip: bool = True,
+    min_crop_scale: float = 0.08,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """Transforms of uint8 (3, H, W) image tensors, as the original run scripts' but without the conversion to
+    normalised floats, which `Normalization` does on the device. Train: RandomResizedCrop + optional horizontal flip;
+    eval: Resize (shorter side) + CenterCrop; both with antialiasing, as PIL resizes.
+
+    torchvision's v2 transforms draw their random crop and flip from torch's generator exactly as the v1 transforms
+    of `reference_transforms` do, so a seed gives the same crops and flips; pixel values differ from PIL's by
+    rounding only (tests/test_data.py states the tolerance).
+    """
+    size = as_pair(image_size)
+    flip = [v2.RandomHorizontalFlip()] if horizontal_flip else []
+    train = v2.Compose([v2.RandomResizedCrop(size, scale=(min_crop_scale, 1.0), antialias=True), *flip])
+    evaluation = v2.Compose([v2.Resize(min(size), antialias=True), v2.CenterCrop(size)])
+    return train, evaluation
+
+
+def reference_transforms(
+    image_size: int | Sequence[int],
     mean: Sequence[float],
     std: Sequence[float],
     horizontal_flip: bool = True,
     min_crop_scale: float = 0.08,
 ) -> tuple[Callable, Callable]:
-    """Train: RandomResizedCrop + optional horizontal flip; eval: Resize (shorter side) + CenterCrop; both then
-    ToTensor + Normalize, as in the original run scripts."""
+    """The original run scripts' PIL pipeline (PIL image -> normalised float tensor): the reference that
+    `build_transforms` + `Normalization` are checked and measured against (tests, `benchmarks/bench_input_pipeline`)."""
     size = as_pair(image_size)
     normalize = [T.ToTensor(), T.Normalize(mean=mean, std=std)]
     flip = [T.RandomHorizontalFlip()] if horizontal_flip else []
     train = T.Compose([T.RandomResizedCrop(size, scale=(min_crop_scale, 1.0)), *flip, *normalize])
     evaluation = T.Compose([T.Resize(min(size)), T.CenterCrop(size), *normalize])
     return train, evaluation
+
+
+class Normalization:
+    """uint8 images (..., 3, H, W) -> float32 (x / 255 - mean) / std, on the images' own device. Floating-point
+    input is taken to be normalised already and passes unchanged, so model-ready tensors can share the path."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = [float(value) for value in mean]
+        self.std = [float(value) for value in std]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.is_floating_point():
+            return pixels
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"Images must be uint8 (raw pixels) or floating point (normalised), not {pixels.dtype}.")
+        mean = torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(-1, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def __repr__(self) -> str:
+        return f"Normalization(mean={self.mean}, std={self.std})"
 
 
 def image_processor(image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float]) -> ViTImageProcessor:

@@ -23,7 +23,8 @@ from .onnx_export import DTYPES, EXPORTERS, export_onnx
 logger = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a saved model directory")
     parser.add_argument("output_dir", type=Path, help="where to write the ONNX graphs and manifest.json")
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=json.loads, help="a number, or a JSON list with one per exit")
     parser.add_argument("--patience", type=int)
     parser.add_argument("--full_model", action="store_true", help="also export the plain classifier (reference)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = AutoModelForImageClassification.from_pretrained(args.model_dir)
     for name in ("exit_strategy", "threshold", "patience"):

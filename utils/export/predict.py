@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from utils.data.transforms import build_transforms
+from utils.data.image_dataset import decode_rgb
+from utils.data.transforms import Normalization, build_transforms
 
 from .session import EarlyExitSession
 
@@ -31,15 +31,14 @@ def image_files(folder: Path) -> list[Path]:
 def predict_folder(session: EarlyExitSession, folder: Path, batch_size: int = 32) -> list[dict]:
     """One row per readable image: path, predicted class id and label, its probability, exit layer."""
     manifest = session.manifest
-    _, transform = build_transforms(manifest["image_size"], manifest["image_mean"], manifest["image_std"])
+    _, transform = build_transforms(manifest["image_size"])
+    normalization = Normalization(manifest["image_mean"], manifest["image_std"])
     images, paths = [], []
     for path in image_files(folder):
-        try:
-            with Image.open(path) as image:
-                images.append(transform(image.convert("RGB")))
+        image = decode_rgb({"path": str(path), "bytes": None})  # None, with a warning, for an unreadable file
+        if image is not None:
+            images.append(normalization(transform(image)))
             paths.append(path)
-        except (UnidentifiedImageError, OSError) as error:
-            logger.warning("Skipping %s: %s", path, error)
     rows = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack(images[start:start + batch_size]).numpy()
@@ -52,7 +51,8 @@ def predict_folder(session: EarlyExitSession, folder: Path, batch_size: int = 32
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("image_dir", type=Path)
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exit_strategy")
     parser.add_argument("--threshold", type=json.loads, help="a number, or a JSON list with one per exit")
     parser.add_argument("--patience", type=int)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     session = EarlyExitSession(args.export_dir)
     for name in ("exit_strategy", "threshold", "patience"):

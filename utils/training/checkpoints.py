@@ -1,11 +1,18 @@
 """Where a training run starts, and the rule that a rerun never hands back an old model unnoticed.
 
-- `--overwrite_output_dir True` (the base and stage-2 presets, as the original scripts): start over.
+- `--overwrite_output_dir True` (the base and stage-2 presets, as the original scripts): start over; checkpoints of
+  an earlier run in the output dir are removed first (a warning names them), so that none can be mistaken for this
+  run's.
 - An output dir holding checkpoints of an interrupted run of the same settings: resume from the last one (as the
   original's `--overwrite_output_dir False`), ending exactly like an uninterrupted run.
 - An output dir holding a finished run, or checkpoints of other settings: stop before training and say so.
 - A non-empty output dir without checkpoints: stop before training.
 An explicit `--resume_from_checkpoint` is taken as given.
+
+After a failure, torchrun restarts the processes (`--max_restarts`, MAX_RESTARTS in the launchers) with
+TORCHELASTIC_RESTART_COUNT > 0: whatever the presets say, the restarted run resumes from its last complete
+checkpoint, which is this run's own (earlier runs' were removed or refused when it started); a checkpoint cut short
+by the failure is skipped with a warning, and left in place.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from utils.arguments import TrainingArguments
 
@@ -43,6 +51,46 @@ def run_differences(checkpoint: str | Path, config: PretrainedConfig,
     return differences
 
 
+def restart_count() -> int:
+    """How often torchrun has restarted this run's processes after a failure (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def is_complete(checkpoint: Path, processes: int) -> bool:
+    """Whether a checkpoint was written to its end: the Trainer writes `trainer_state.json` after the weights,
+    optimizer and scheduler, and every process writes its own RNG state."""
+    rng_files = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
+    return all((checkpoint / name).is_file() for name in ["trainer_state.json", *rng_files])
+
+
+def checkpoints_of(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-<step>` folders of an output dir, the latest step first."""
+    folders = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+               if path.is_dir() and path.name.split("-")[-1].isdigit()]
+    return sorted(folders, key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+
+
+def last_complete_checkpoint(output_dir: str | Path, processes: int) -> str | None:
+    """The latest checkpoint written to its end; incomplete ones (a failure while saving) are skipped and kept."""
+    for checkpoint in checkpoints_of(output_dir):
+        if is_complete(checkpoint, processes):
+            return str(checkpoint)
+        logger.warning("Skipping %s: it was not written to its end (a failure while saving); it is left in place.",
+                       checkpoint)
+    return None
+
+
+def remove_earlier_checkpoints(training_args: TrainingArguments) -> None:
+    """Before a run that starts over: remove the checkpoint folders an earlier run left in the output dir (on the
+    main process), so that a restart resumes from this run's checkpoints and rotation keeps them."""
+    stale = checkpoints_of(training_args.output_dir)
+    if stale and training_args.should_save:
+        logger.warning("--overwrite_output_dir: removing the checkpoints of an earlier run in %s: %s.",
+                       training_args.output_dir, ", ".join(path.name for path in stale))
+        for path in stale:
+            shutil.rmtree(path)
+
+
 def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig) -> str | bool | None:
     """The checkpoint to resume training from, or None to start fresh (see the module docstring).
 
@@ -53,7 +101,16 @@ def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig
     if explicit is not None and str(explicit).lower() in ("true", "false"):
         explicit = str(explicit).lower() == "true" or None
     output_dir = training_args.output_dir
-    if not training_args.do_train or training_args.overwrite_output_dir or not os.path.isdir(output_dir):
+    if not training_args.do_train or not os.path.isdir(output_dir):
+        return explicit
+    if restart_count() > 0:
+        last = last_complete_checkpoint(output_dir, training_args.world_size)
+        logger.warning("Restart %d of this run after a failure: %s.", restart_count(),
+                       f"resuming from {last}" if last else "no checkpoint was written yet, starting over")
+        return last or explicit
+    if training_args.overwrite_output_dir:
+        if explicit is None:
+            remove_earlier_checkpoints(training_args)
         return explicit
     last = get_last_checkpoint(output_dir)
     if last is None and os.listdir(output_dir):

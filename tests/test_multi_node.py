@@ -1,0 +1,170 @@
+"""Runs beyond one process, on CPU with gloo: two "nodes" on localhost (two launchers with NNODES/NODE_RANK/MASTER_*)
+train and evaluate exactly as one two-process run of the same global batch; a worker killed mid-run under
+MAX_RESTARTS restarts the group, which resumes from its last checkpoint (even in a stage whose presets start over)
+and ends with the weights and log of an uninterrupted run; and the SLURM example starts one launcher per node with
+SLURM's variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_helpers import median_first_exit_confidence, read_json, run_args, write_tiny_config
+from safetensors.torch import load_file
+
+import run_classification
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["--max_train_samples", "64", "--max_eval_samples", "30", "--eval_strategy", "no", "--disable_tqdm", "True",
+         "--load_best_model_at_end", "False", "--learning_rate", "1e-3", "--logging_steps", "1"]
+STAGE1 = {"HIGHWAY_TYPE": "linear", "NUM_EARLY_EXITS": "3", "POSITION_EXITS": "[1,2,3]"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def environment(**variables: str) -> dict[str, str]:
+    cleared = ("NNODES", "NODE_RANK", "GPUS_PER_NODE", "NUM_GPUS", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS",
+               "OUTPUT_DIR", "BACKBONE", "METHOD")
+    env = {key: value for key, value in os.environ.items() if key not in cleared}
+    # gloo on the loopback interface: the "nodes" are processes of this machine.
+    return {**env, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "REPORT_TO": "none",
+            "DATASET": "digits", "PYTHON": sys.executable, "GLOBAL_BATCH_SIZE": "16", "BATCH_SIZE": "8",
+            "GLOO_SOCKET_IFNAME": "lo", **variables}
+
+
+def start(script: str, log: Path, *args: str, **variables: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(ROOT / "scripts" / script), *args], env=environment(**variables),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, log: Path) -> str:
+    assert process.wait(timeout=600) == 0, log.read_text()[-4000:]
+    return log.read_text()
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("multi_node_base")
+    process = start("train_base_deit.sh", root / "base.log", *SHORT, "--max_steps", "12", "--save_strategy", "no",
+                    CONFIG_NAME=write_tiny_config(root), OUTPUT_DIR=str(root / "base"))
+    finish(process, root / "base.log")
+    return root / "base"
+
+
+def two_nodes(script: str, output_dir: Path, *args: str, **variables: str) -> list[str]:
+    """Run `script` as two nodes on localhost (two launchers, one process each); returns their logs."""
+    nodes = {"NNODES": "2", "GPUS_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    logs = [output_dir.parent / f"{output_dir.name}_node{rank}.log" for rank in (0, 1)]
+    launchers = [start(script, log, *args, **variables, **nodes, NODE_RANK=str(rank), OUTPUT_DIR=str(output_dir))
+                 for rank, log in enumerate(logs)]
+    return [finish(process, log) for process, log in zip(launchers, logs)]
+
+
+def test_two_nodes_train_and_evaluate_as_one_two_process_run(base_model: Path, tmp_path: Path) -> None:
+    args = [*SHORT, "--max_steps", "4", "--save_strategy", "no", "--do_eval", "False"]
+    logs = two_nodes("train_baseline_deit.sh", tmp_path / "nodes", *args, **STAGE1,
+                     MODEL_NAME_OR_PATH=str(base_model))
+    assert all("=== processes: 2 node(s) x 1 process(es) (torchrun) ===" in log for log in logs)
+    finish(start("train_baseline_deit.sh", tmp_path / "one.log", *args, **STAGE1, GPUS_PER_NODE="2",
+                 MODEL_NAME_OR_PATH=str(base_model), OUTPUT_DIR=str(tmp_path / "one")), tmp_path / "one.log")
+    two_nodes_weights, one_node_weights = (load_file(tmp_path / run / "model.safetensors") for run in ("nodes", "one"))
+    assert two_nodes_weights.keys() == one_node_weights.keys()
+    assert all(torch.equal(two_nodes_weights[name], one_node_weights[name]) for name in one_node_weights)
+
+    # Evaluation on the two nodes, at a threshold that sends about half the images out at the first exit, against
+    # the two-process run's model evaluated here.
+    threshold = str(median_first_exit_confidence(tmp_path / "nodes", 30))
+    two_nodes("eval_highway_deit.sh", tmp_path / "nodes_eval", "--max_eval_samples", "30", "--disable_tqdm", "True",
+              "--sweep", "False", MODEL_NAME_OR_PATH=str(tmp_path / "nodes"), THRESHOLD=threshold)
+    reference = run_classification.main(run_args(tmp_path / "one_eval", model_name_or_path=str(tmp_path / "one"),
+                                                 do_train=False, max_eval_samples=30, threshold=threshold))
+    evaluated = read_json(tmp_path / "nodes_eval" / "eval_results.json")
+    counts = [{key: value for key, value in result.items() if key.startswith("eval_counts_exit_layer")}
+              for result in (evaluated, reference)]
+    assert counts[0] == counts[1] and sum(counts[0].values()) == 30
+    assert sum(1 for value in counts[0].values() if value) >= 2, "the exits should spread over several layers"
+    assert evaluated["eval_accuracy"] == reference["eval_accuracy"]
+
+
+def worker_processes(output_dir: Path) -> list[int]:
+    """Process ids of the training workers of a run (not torchrun's agent), found by their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (b"run_classification.py" in b" ".join(words) and str(output_dir).encode() in words
+                and not any(b"torch.distributed.run" in word for word in words)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_an_uninterrupted_run(base_model: Path,
+                                                                                          tmp_path: Path) -> None:
+    """Base fine-tuning (its presets start over: --overwrite_output_dir True) on two processes, checkpoints every 4
+    of 16 steps; one worker is SIGKILLed once the first checkpoint is complete."""
+    args = [*SHORT, "--max_steps", "16", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "10"]
+    variables = dict(GPUS_PER_NODE="2", MAX_RESTARTS="1", MODEL_NAME_OR_PATH=str(base_model))
+    faulty, clean = tmp_path / "faulty", tmp_path / "clean"
+    process = start("train_base_deit.sh", tmp_path / "faulty.log", *args, **variables, OUTPUT_DIR=str(faulty))
+    deadline = time.monotonic() + 300
+    while not (faulty / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "faulty.log").read_text()[-3000:]
+        time.sleep(0.01)
+    workers = worker_processes(faulty)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    log = finish(process, tmp_path / "faulty.log")
+    assert "exitcode: -9" in log
+    assert "Restart 1 of this run after a failure: resuming from" in log and str(faulty / "checkpoint-") in log
+    finish(start("train_base_deit.sh", tmp_path / "clean.log", *args, **variables, OUTPUT_DIR=str(clean)),
+           tmp_path / "clean.log")
+
+    resumed, uninterrupted = load_file(faulty / "model.safetensors"), load_file(clean / "model.safetensors")
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+    history = [json.loads((run / "trainer_state.json").read_text())["log_history"] for run in (faulty, clean)]
+    losses = [[(entry["step"], entry["loss"]) for entry in run if "loss" in entry] for run in history]
+    assert losses[0] == losses[1] and [step for step, _ in losses[0]] == list(range(1, 17))
+    # What was written before the fault is still there.
+    assert (faulty / "checkpoint-4" / "model.safetensors").is_file()
+
+
+def stub(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_the_slurm_example_starts_one_launcher_per_node_from_slurms_variables(tmp_path: Path) -> None:
+    """`sbatch scripts/slurm/train.sbatch <launcher>` as SLURM runs it, with stand-ins for `scontrol` (the node list)
+    and `srun` (the task once per node, in turn, with that node's SLURM_NODEID); the launchers only print."""
+    stub(tmp_path, "scontrol", 'printf "gpu-node-17\\ngpu-node-18\\n"\n')
+    stub(tmp_path, "srun", 'while [[ "$1" == --* ]]; do shift; done\n'
+                           'for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" || exit; done\n')
+    env = environment(PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_NNODES="2", SLURM_JOB_ID="4242",
+                      SLURM_JOB_NODELIST="gpu-node-[17-18]", SLURM_GPUS_ON_NODE="4", DRY_RUN="1")
+    del env["GLOBAL_BATCH_SIZE"], env["BATCH_SIZE"]  # the presets' 192 and 64
+    finished = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "train.sbatch"),
+                               "scripts/train_baseline_deit.sh", "--max_steps", "1"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    commands = [line.split() for line in finished.stdout.splitlines() if "torch.distributed.run" in line]
+    assert len(commands) == 2
+    for rank, command in enumerate(commands):
+        for flag in ("--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-node-17", "--nproc_per_node=4"):
+            assert flag in command, (flag, command)
+    assert "global batch 192 = 8 process(es) x 24 per device" in finished.stderr
