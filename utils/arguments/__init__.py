@@ -5,10 +5,10 @@ so each of them can read its own group without importing another layer."""
 from utils.arguments.analysis import AnalysisArguments
 from utils.arguments.data import DataTrainingArguments
 from utils.arguments.model import MODEL_CONFIG_FIELDS, ModelArguments, parse_literal
-from utils.arguments.parsing import ARGUMENT_CLASSES, parse_arguments, read_argument_file
+from utils.arguments.parsing import ARGUMENT_CLASSES, argument_files, parse_arguments, read_argument_file
 from utils.arguments.training import TrainingArguments
 
 __all__ = [
     "ARGUMENT_CLASSES", "MODEL_CONFIG_FIELDS", "AnalysisArguments", "DataTrainingArguments", "ModelArguments",
-    "TrainingArguments", "parse_arguments", "parse_literal", "read_argument_file",
+    "TrainingArguments", "argument_files", "parse_arguments", "parse_literal", "read_argument_file",
 ]

@@ -28,6 +28,11 @@ class AnalysisArguments:
     calibration_speedup: str = field(
         default="flops", metadata={"help": "Speed-up --target_speedup refers to: flops (exit heads counted) or layer."}
     )
+    every_exit_accuracy: bool = field(
+        default=True,
+        metadata={"help": "Every evaluation also runs every exit on every image (one more pass without early exit) "
+                          "and reports each exit's own accuracy (eval_accuracy_exit_<layer>)."},
+    )
     sweep: bool = field(
         default=False,
         metadata={"help": "After evaluating, run the eval set once with every exit and write every criterion's "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,14 @@ def read_argument_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def argument_files(args: list[str] | dict[str, Any] | None = None) -> list[str]:
+    """The JSON/YAML files a command line starts with (`parse_arguments` reads them); none for a dict."""
+    if isinstance(args, dict):
+        return []
+    argv = list(sys.argv[1:] if args is None else args)
+    return list(itertools.takewhile(lambda argument: argument.endswith(ARGUMENT_FILE_SUFFIXES), argv))
+
+
 def parse_arguments(
     args: list[str] | dict[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments]:
@@ -42,11 +51,11 @@ def parse_arguments(
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if isinstance(args, dict):
         return parser.parse_dict(translate_values(args))
-    argv = translate_arguments(list(sys.argv[1:] if args is None else args))
+    files = argument_files(args)
+    argv = translate_arguments(list(sys.argv[1:] if args is None else args)[len(files):])
     defaults: dict[str, Any] = {}
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
-    while argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):
-        path = argv.pop(0)
+    for path in files:
         values = translate_values(read_argument_file(path))
         unknown = sorted(set(values) - known)
         if unknown:
