@@ -25,7 +25,7 @@ import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 from models.loss_terms import LossTerm, classifier_names
 from models.losses import prediction_distillation
-from utils.analysis import compare_methods
+from utils.analysis import compare_methods, dashboard_figure
 from utils.arguments import DataTrainingArguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets
@@ -140,6 +140,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                       "alternating_weighted", "exit_strategy": "confidence", "threshold": 0.5,
                                       **report}))
     with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("WANDB_SILENT", "true")
         environment.setenv("WANDB_MODE", "offline")
         environment.setenv("WANDB_DIR", str(root))
         environment.setenv("WANDB_PROJECT", "dashboards")
@@ -322,6 +323,13 @@ def test_the_comparison_goes_to_wandb_as_a_table_and_a_line_plot(runs: Path, wan
         "accuracy"])
     curve = run.table("comparison/tradeoff_curve_table")
     assert {row[curve["columns"].index("method")] for row in curve["data"]} == {"LGViT (confidence)"}
+
+
+def test_the_dashboard_figure_is_drawn_from_the_tensorboard_logs(runs: Path, tmp_path: Path) -> None:
+    written = dashboard_figure.main([str(runs / "stage1"), str(runs / "stage2"), "--output", str(tmp_path / "d.png")])
+    assert written.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="--report_to tensorboard"):
+        dashboard_figure.read_events(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ run labels

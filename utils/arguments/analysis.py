@@ -10,7 +10,8 @@ from models.criteria import get_criterion
 @dataclass
 class AnalysisArguments:
     """The accuracy-speed analysis of an evaluation (`utils.analysis`): threshold calibration before it, and a
-    one-pass sweep of every exit criterion, the measured speed-up and the figures after it."""
+    one-pass sweep of every exit criterion, the measured speed-up and the figures after it; and whether every
+    evaluation also reports each exit's own accuracy."""
 
     target_speedup: float | None = field(
         default=None,
