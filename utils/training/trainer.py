@@ -1,4 +1,5 @@
-"""The Trainer subclass that evaluates with per-sample early exit and reports where samples left."""
+"""The Trainer subclass that evaluates with per-sample early exit, reports where samples left and how each exit does,
+and logs each exit's loss terms during training."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class ExitTrainer(Trainer):
             logs.update(self.loss_window.logs(lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
                                               self.accelerator.num_processes))
         super().log(logs, start_time)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
