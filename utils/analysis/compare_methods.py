@@ -25,7 +25,7 @@ from utils.analysis.plots import plot_tradeoff
 from utils.analysis.sweep import load_sweep
 from utils.analysis.wandb_tables import log_rows, log_tradeoff_curves
 from utils.training.logging_setup import configure_wandb
-from utils.training.wandb_run import code_version
+from utils.training.wandb_run import code_version, init_run
 
 # The figure shows the settings at most this many accuracy points below the base model (the useful range).
 ZOOM_POINTS = 10
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure_wandb(["wandb"])
     import wandb
 
-    wandb.init(project=os.environ.get("WANDB_PROJECT") or "LGViT_methods", job_type="compare", group="comparison",
-               name=f"comparison_{Path(args.output_dir).resolve().name}", tags=["comparison", *args.methods],
-               config={"output_dir": str(args.output_dir), "methods": args.methods, "code_version": code_version()})
+    init_run(project=os.environ.get("WANDB_PROJECT") or "LGViT_methods", job_type="compare", group="comparison",
+             name=f"comparison_{Path(args.output_dir).resolve().name}", tags=["comparison", *args.methods],
+             config={"output_dir": str(args.output_dir), "methods": args.methods, "code_version": code_version()})
     try:
         return compare(args.output_dir, args.methods, to_wandb=True)
     finally:

@@ -122,14 +122,23 @@ def wandb_run(labels: RunLabels, training_args: TrainingArguments, files: list[s
 
     config = {"run_labels": asdict(labels), "code_version": code_version(),
               "argument_files": [{"file": _shown(path), "settings": read_argument_file(path)} for path in files]}
-    wandb.init(project=os.environ.get("WANDB_PROJECT") or f"LGViT_{labels.backbone}_{labels.dataset}",
-               name=training_args.run_name, group=labels.group, job_type=labels.stage, tags=labels.tags,
-               config=config)
+    init_run(project=os.environ.get("WANDB_PROJECT") or f"LGViT_{labels.backbone}_{labels.dataset}",
+             name=training_args.run_name, group=labels.group, job_type=labels.stage, tags=labels.tags, config=config)
     logger.info("wandb run %s: group %s, tags %s.", wandb.run.name, labels.group, labels.tags)
     try:
         yield
     finally:
         wandb.finish()
+
+
+def init_run(**fields: Any) -> Any:
+    """`wandb.init(**fields)` in the directory and mode the environment names now (`WANDB_DIR`, `WANDB_MODE`, e.g.
+    the offline fallback of `utils.training.logging_setup`): wandb reads them once per process otherwise, so a
+    second run in the same process would follow the first one's."""
+    import wandb
+
+    environment = {"dir": os.environ.get("WANDB_DIR"), "mode": os.environ.get("WANDB_MODE")}
+    return wandb.init(**{name: value for name, value in environment.items() if value}, **fields)
 
 
 def _shown(path: str) -> str:
