@@ -133,14 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Compare the early-exit methods of scripts/compare_methods.sh.")
     parser.add_argument("output_dir", help="the directory holding base/ and one directory per method")
     parser.add_argument("methods", nargs="+", help="the methods' directory names, e.g. SDN PABEE LGViT")
-    parser.add_argument("--report_to", choices=("none", "wandb"), default="none",
-                        help="wandb: also log the table and the curves to a wandb run (offline without an API key)")
+    parser.add_argument("--report_to", choices=("none", "wandb", "tensorboard", "all"), default="none",
+                        help="wandb or all: also log the table and the curves to a wandb run (offline without an API "
+                             "key); the launchers' REPORT_TO values are accepted, tensorboard logs nothing here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.report_to == "none":
+    if args.report_to not in ("wandb", "all"):
         return compare(args.output_dir, args.methods)
     configure_wandb(["wandb"])
     import wandb
