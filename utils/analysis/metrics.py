@@ -75,8 +75,9 @@ def exit_accuracies(exit_predictions: np.ndarray, labels: np.ndarray, exit_layer
     names = classifier_names(exit_layers, num_blocks)
     exit_predictions = np.asarray(exit_predictions).reshape(len(labels), -1)
     if exit_predictions.shape[1] != len(names):
-        raise ValueError(f"Per-exit predictions have {exit_predictions.shape[1]} columns, but the model has "
-                         f"{len(names)} classifiers ({names}).")
+        raise ValueError(f"Per-exit predictions have {exit_predictions.shape[1]} columns, but exit layers "
+                         f"{list(exit_layers)} give {len(names)} classifiers ({names}): pass the model's "
+                         "`config.exit_positions()` as `exit_layers`.")
     labels = np.asarray(labels).reshape(-1)
     return {f"accuracy_{name}": float((exit_predictions[:, index] == labels).mean()) if len(labels) else float("nan")
             for index, name in enumerate(names)}
