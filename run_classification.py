@@ -26,7 +26,14 @@ from transformers import PreTrainedModel, set_seed
 from utils.analysis.flops import FlopsProfile, profile_flops
 from utils.analysis.metrics import build_compute_metrics
 from utils.analysis.report import analyse_evaluation, calibrate_to_budget, check_analysis_request
-from utils.arguments import DataTrainingArguments, ModelArguments, TrainingArguments, parse_arguments
+from utils.arguments import (
+    AnalysisArguments,
+    DataTrainingArguments,
+    ModelArguments,
+    TrainingArguments,
+    argument_files,
+    parse_arguments,
+)
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import label_names, load_datasets
 from utils.data.transforms import (
@@ -40,6 +47,7 @@ from utils.training.checkpoints import resume_checkpoint
 from utils.training.logging_setup import configure_wandb, setup_logging
 from utils.training.model_setup import check_label_count, load_config, load_model
 from utils.training.trainer import ExitTrainer
+from utils.training.wandb_run import run_labels, wandb_run
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +69,16 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     model = load_model(model_args, config)
     flops = profile_flops(model)
     trainer, image_datasets = build_trainer(model, dataset, flops, model_args, data_args, training_args)
+    trainer.every_exit_accuracy = analysis_args.every_exit_accuracy
+    files = argument_files(args)
+    with wandb_run(run_labels(config, data_args, training_args, files), training_args, files):
+        return run_stage(trainer, image_datasets, flops, checkpoint, analysis_args)
 
+
+def run_stage(trainer: ExitTrainer, image_datasets: dict[str, ImageDataset], flops: FlopsProfile,
+              checkpoint: str | bool | None, analysis_args: AnalysisArguments) -> dict[str, float]:
+    """Train, calibrate, evaluate and analyse, as the arguments ask; returns the evaluation metrics."""
+    training_args = trainer.args
     if training_args.do_train:
         train(trainer, checkpoint)
     calibration = None
@@ -125,7 +142,7 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
         train_dataset=image_datasets.get("train") if training_args.do_train else None,
         eval_dataset=image_datasets.get("validation") if training_args.do_eval else None,
         data_collator=collate_fn,
-        compute_metrics=build_compute_metrics(config.num_blocks, flops),
+        compute_metrics=build_compute_metrics(config.num_blocks, flops, config.exit_positions()),
         processing_class=image_processor(config.image_size, mean, std),
         normalization=normalization,
     )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exiting import SegmentRun, run_early_exit
+from .loss_terms import LossTerms
 from .losses import STAGE1_LOSSES, STAGE2_LOSSES, ExitOutputs, LossSettings
 from .original_checkpoint import CONVERTER, convert_state_dict, find_original_checkpoint
 from .outputs import EarlyExitClassifierOutput
@@ -178,13 +179,15 @@ class EarlyExitMixin:
         return getattr(self, "_compiled_runs", None) or segment_runs(self, self.segments())
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                early_exit: bool | None = None) -> EarlyExitClassifierOutput:
+                early_exit: bool | None = None, output_loss_terms: bool = False) -> EarlyExitClassifierOutput:
         """Classify `pixel_values` (B, 3, H, W).
 
         Args:
             labels: (B,) class indices; gives `loss`.
             early_exit: None exits early in eval mode and computes everything in training mode; False computes
                 every exit for the whole batch; True needs eval mode.
+            output_loss_terms: in training with labels, also return the named terms `loss` is the weighted sum of
+                (`loss_terms`; their weights are Python floats, which torch's DataParallel cannot gather).
         """
         if early_exit is None:
             early_exit = not self.training
@@ -197,16 +200,18 @@ class EarlyExitMixin:
             loss = F.cross_entropy(decisions.logits.float(), labels) if labels is not None else None
             return EarlyExitClassifierOutput(loss=loss, logits=decisions.logits, exit_layer=decisions.exit_layer)
         outputs = self.run_all_exits(pixel_values)
-        loss = None
-        if labels is not None:
-            loss = self.training_loss(outputs, labels) if self.training else F.cross_entropy(
-                outputs.final_logits.float(), labels)
+        loss, loss_terms = None, None
+        if labels is not None and self.training:
+            terms = self.training_loss(outputs, labels)
+            loss, loss_terms = terms.total(), terms.detached() if output_loss_terms else None
+        elif labels is not None:
+            loss = F.cross_entropy(outputs.final_logits.float(), labels)
         exit_layer = torch.full((pixel_values.shape[0],), config.num_blocks, dtype=torch.long,
                                 device=outputs.final_logits.device)
         return EarlyExitClassifierOutput(loss=loss, logits=outputs.final_logits, exit_layer=exit_layer,
                                          exit_logits=tuple(outputs.exit_logits),
                                          exit_features=tuple(outputs.exit_features),
-                                         final_logits=outputs.final_logits)
+                                         final_logits=outputs.final_logits, loss_terms=loss_terms)
 
     def run_all_exits(self, pixel_values: torch.Tensor) -> ExitOutputs:
         """Run every block and every exit head on the whole batch."""
@@ -230,13 +235,15 @@ class EarlyExitMixin:
                            exit_layers=self.config.exit_positions(), num_blocks=self.config.num_blocks,
                            head_specs=self.config.head_specs(), teacher_tokens=tokens, grid=grid)
 
-    def training_loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> torch.Tensor:
-        """The configured strategy's loss; advances the alternation counter."""
+    def training_loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> LossTerms:
+        """The configured strategy's loss as its named terms; advances the alternation counter."""
         config = self.config
         step = int(self.training_forwards)
         self.training_forwards += 1
         if not outputs.exit_logits:
-            return F.cross_entropy(outputs.final_logits.float(), labels)
+            terms = LossTerms()
+            terms.add(outputs.classifier_names()[-1], F.cross_entropy(outputs.final_logits.float(), labels), 1.0)
+            return terms
         settings = LossSettings(config.loss_coefficient, config.homo_coefficient, config.hete_coefficient)
         table = STAGE2_LOSSES if config.frozen_backbone else STAGE1_LOSSES
         # Every term in float32, whatever precision the forward ran in: autocast would run the feature terms'

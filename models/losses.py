@@ -3,8 +3,9 @@
 Stage 1 (end to end): `normal`, `weighted`, `alternating`, `alternating_weighted`, `distillation`.
 Stage 2 (backbone and final classifier frozen): `distillation` and `distillation_LGViT`.
 A model picks its loss from `STAGE1_LOSSES` / `STAGE2_LOSSES` by `train_strategy`; every function takes an
-`ExitOutputs`. Teachers (the final classifier's logits, the deepest head of each group, the last block's tokens)
-are always detached, so a teacher is never pulled toward its students.
+`ExitOutputs` and returns the loss as named, weighted terms (`models.loss_terms`). Teachers (the final classifier's
+logits, the deepest head of each group, the last block's tokens) are always detached, so a teacher is never pulled
+toward its students.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from .feature_distillation import heterogeneous_term, homogeneous_term
 from .head_types import HeadSpec
+from .loss_terms import LossTerms, classifier_names
 
 
 @dataclass
@@ -53,6 +55,10 @@ class ExitOutputs:
             exit_features=[feature.float() for feature in self.exit_features], final_logits=self.final_logits.float(),
             teacher_tokens=None if self.teacher_tokens is None else self.teacher_tokens.float())
 
+    def classifier_names(self) -> list[str]:
+        """Name of every exit, then of the final classifier (`models.loss_terms.classifier_names`)."""
+        return classifier_names(self.exit_layers, self.num_blocks)
+
 
 @dataclass
 class LossSettings:
@@ -64,7 +70,7 @@ class LossSettings:
     temperature: float = 2.0
 
 
-LossFunction = Callable[[ExitOutputs, torch.Tensor, LossSettings, int], torch.Tensor]
+LossFunction = Callable[[ExitOutputs, torch.Tensor, LossSettings, int], LossTerms]
 
 
 def prediction_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -74,71 +80,87 @@ def prediction_distillation(student: torch.Tensor, teacher: torch.Tensor, temper
     return loss * temperature**2 / student.numel()
 
 
-def _exit_ces(outputs: ExitOutputs, labels: torch.Tensor) -> list[torch.Tensor]:
-    return [F.cross_entropy(logits, labels) for logits in outputs.exit_logits]
+def _add_exit_ces(terms: LossTerms, outputs: ExitOutputs, labels: torch.Tensor, weights: list[float]) -> None:
+    """Every exit's cross-entropy, under its name, with its weight."""
+    for name, logits, weight in zip(outputs.classifier_names(), outputs.exit_logits, weights):
+        terms.add(name, F.cross_entropy(logits, labels), weight)
 
 
-def _exit_kds(outputs: ExitOutputs, settings: LossSettings) -> torch.Tensor:
-    """(E,) prediction distillation of every exit from the final classifier's (detached) logits."""
+def _add_final_ce(terms: LossTerms, outputs: ExitOutputs, labels: torch.Tensor, weight: float) -> None:
+    terms.add(outputs.classifier_names()[-1], F.cross_entropy(outputs.final_logits, labels), weight)
+
+
+def _add_exit_kds(terms: LossTerms, outputs: ExitOutputs, settings: LossSettings, weight: float) -> None:
+    """Prediction distillation of every exit from the final classifier's (detached) logits, as `<exit>_kd`."""
     teacher = outputs.final_logits.detach()
-    return torch.stack([prediction_distillation(logits, teacher, settings.temperature)
-                        for logits in outputs.exit_logits])
+    for name, logits in zip(outputs.classifier_names(), outputs.exit_logits):
+        terms.add(f"{name}_kd", prediction_distillation(logits, teacher, settings.temperature), weight)
 
 
-def normal_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> torch.Tensor:
+def normal_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> LossTerms:
     """Mean of every exit's and the final classifier's cross-entropy."""
-    losses = _exit_ces(outputs, labels) + [F.cross_entropy(outputs.final_logits, labels)]
-    return torch.stack(losses).mean()
+    terms, weight = LossTerms(), 1 / (len(outputs.exit_logits) + 1)
+    _add_exit_ces(terms, outputs, labels, [weight] * len(outputs.exit_logits))
+    _add_final_ce(terms, outputs, labels, weight)
+    return terms
 
 
-def weighted_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> torch.Tensor:
+def weighted_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> LossTerms:
     """Cross-entropies weighted by the 1-based layer of their classifier (the final one weighs num_blocks).
 
     When every layer has an exit, the final classifier is left out, as in the original.
     """
-    losses, weights = _exit_ces(outputs, labels), list(outputs.exit_layers)
-    if len(outputs.exit_layers) != outputs.num_blocks:
-        losses.append(F.cross_entropy(outputs.final_logits, labels))
-        weights.append(outputs.num_blocks)
-    weight = torch.tensor(weights, dtype=outputs.final_logits.dtype, device=outputs.final_logits.device)
-    return (torch.stack(losses) * weight).sum() / weight.sum()
+    with_final = len(outputs.exit_layers) != outputs.num_blocks
+    total = sum(outputs.exit_layers) + (outputs.num_blocks if with_final else 0)
+    terms = LossTerms()
+    _add_exit_ces(terms, outputs, labels, [layer / total for layer in outputs.exit_layers])
+    if with_final:
+        _add_final_ce(terms, outputs, labels, outputs.num_blocks / total)
+    return terms
 
 
 def _alternate(exit_loss: LossFunction) -> LossFunction:
     """Even training steps train the final classifier only; odd steps use `exit_loss`."""
 
-    def loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> torch.Tensor:
+    def loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> LossTerms:
         if step % 2:
             return exit_loss(outputs, labels, settings, step)
-        final = F.cross_entropy(outputs.final_logits, labels)
-        # Zero-weighted exit terms keep every head in the graph, so distributed training sees no unused parameter.
-        unused = sum(logits.sum() for logits in outputs.exit_logits) * 0.0
-        return final + unused
+        terms = LossTerms()
+        # The exits' terms weigh 0: they keep every head in the graph, so distributed training sees no unused
+        # parameter, and the logs still show how the heads do on the steps that do not train them.
+        _add_exit_ces(terms, outputs, labels, [0.0] * len(outputs.exit_logits))
+        _add_final_ce(terms, outputs, labels, 1.0)
+        return terms
 
     loss.__doc__ = f"Alternate between the final classifier's loss and `{exit_loss.__name__}`."
     return loss
 
 
 def joint_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings,
-                            step: int) -> torch.Tensor:
+                            step: int) -> LossTerms:
     """Stage 1 `distillation`: (1 - a) * normal loss + a * mean over exits of KD from the final logits."""
-    alpha = settings.loss_coefficient
-    return (1 - alpha) * normal_loss(outputs, labels, settings, step) + alpha * _exit_kds(outputs, settings).mean()
+    alpha, exits = settings.loss_coefficient, len(outputs.exit_logits)
+    terms = LossTerms()
+    _add_exit_ces(terms, outputs, labels, [(1 - alpha) / (exits + 1)] * exits)
+    _add_final_ce(terms, outputs, labels, (1 - alpha) / (exits + 1))
+    _add_exit_kds(terms, outputs, settings, alpha / exits)
+    return terms
 
 
 def frozen_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings,
-                             step: int) -> torch.Tensor:
+                             step: int) -> LossTerms:
     """Stage 2 `distillation`: exit cross-entropies weighted by (layer - 1), plus mean KD from the final logits.
 
     The (layer - 1) weights are the original's; if they are all zero (one exit at layer 1) the exits weigh equally.
     """
     alpha = settings.loss_coefficient
-    weights = torch.tensor([layer - 1 for layer in outputs.exit_layers], dtype=outputs.final_logits.dtype,
-                           device=outputs.final_logits.device)
-    if weights.sum() == 0:
-        weights = torch.ones_like(weights)
-    ce = (torch.stack(_exit_ces(outputs, labels)) * weights).sum() / weights.sum()
-    return (1 - alpha) * ce + alpha * _exit_kds(outputs, settings).mean()
+    weights = [layer - 1 for layer in outputs.exit_layers]
+    if sum(weights) == 0:
+        weights = [1] * len(weights)
+    terms = LossTerms()
+    _add_exit_ces(terms, outputs, labels, [(1 - alpha) * weight / sum(weights) for weight in weights])
+    _add_exit_kds(terms, outputs, settings, alpha / len(weights))
+    return terms
 
 
 def lgvit_head_groups(head_specs: list[HeadSpec]) -> dict[str, list[int]]:
@@ -166,31 +188,34 @@ def heterogeneous_exits(group: list[int]) -> list[int]:
 
 
 def lgvit_distillation_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings,
-                            step: int) -> torch.Tensor:
+                            step: int) -> LossTerms:
     """Stage 2 `distillation_LGViT` (paper eq. 8-12): prediction, heterogeneous and homogeneous distillation.
 
     - prediction: (1 - a) * sum of exit cross-entropies + a * sum of exit KDs from the final logits;
-    - heterogeneous: the first and the last exit of each group (local, global) match the last block
+    - heterogeneous (`<exit>_hete`): the first and the last exit of each group (local, global) match the last block
       (`models.feature_distillation.heterogeneous_term`, by the kind of feature the head hands out);
-    - homogeneous: inside each group every exit matches the group's deepest exit (`homogeneous_term`).
+    - homogeneous (`<exit>_homo`): inside each group every exit matches the group's deepest exit
+      (`homogeneous_term`).
     With the original 8-exit layout on ViT/DeiT this is exactly the original's set of terms.
     """
-    alpha = settings.loss_coefficient
-    ce, kd = torch.stack(_exit_ces(outputs, labels)).sum(), _exit_kds(outputs, settings).sum()
-    prediction = (1 - alpha) * ce + alpha * kd
-    features, kinds, zero = outputs.exit_features, outputs.feature_kinds, outputs.final_logits.new_zeros(())
+    alpha, names = settings.loss_coefficient, outputs.classifier_names()
+    terms = LossTerms()
+    _add_exit_ces(terms, outputs, labels, [1 - alpha] * len(outputs.exit_logits))
+    _add_exit_kds(terms, outputs, settings, alpha)
+    features, kinds = outputs.exit_features, outputs.feature_kinds
     teacher = outputs.teacher_tokens.detach()
-    hete, homo = zero, zero
     for group_name, group in lgvit_head_groups(outputs.head_specs).items():
         if not group:
             continue
         for index in heterogeneous_exits(group):
-            hete = hete + heterogeneous_term(kinds[index], features[index], teacher, outputs.grid,
-                                             outputs.head_specs[index].ratio)
+            hete = heterogeneous_term(kinds[index], features[index], teacher, outputs.grid,
+                                      outputs.head_specs[index].ratio)
+            terms.add(f"{names[index]}_hete", hete, settings.hete_coefficient)
         deepest = features[group[-1]].detach()
         for index in group[:-1]:
-            homo = homo + homogeneous_term(kinds[index], group_name, features[index], deepest)
-    return prediction + settings.hete_coefficient * hete + settings.homo_coefficient * homo
+            homo = homogeneous_term(kinds[index], group_name, features[index], deepest)
+            terms.add(f"{names[index]}_homo", homo, settings.homo_coefficient)
+    return terms
 
 
 STAGE1_LOSSES: dict[str, LossFunction] = {

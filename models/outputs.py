@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from .loss_terms import LossTerm
+
 
 @dataclass
 class EarlyExitClassifierOutput(ModelOutput):
@@ -20,6 +22,7 @@ class EarlyExitClassifierOutput(ModelOutput):
         exit_logits: one (B, K) tensor per exit in position order, when every exit was computed.
         exit_features: per exit, the feature its head hands to self-distillation, when every exit was computed.
         final_logits: (B, K) logits of the final classifier, when every exit was computed.
+        loss_terms: in training, the named terms `loss` is the weighted sum of, detached (`models.loss_terms`).
     """
 
     loss: torch.Tensor | None = None
@@ -28,3 +31,4 @@ class EarlyExitClassifierOutput(ModelOutput):
     exit_logits: tuple[torch.Tensor, ...] | None = None
     exit_features: tuple[torch.Tensor, ...] | None = None
     final_logits: torch.Tensor | None = None
+    loss_terms: dict[str, LossTerm] | None = None

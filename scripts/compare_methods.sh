@@ -44,7 +44,7 @@ _lgvit_compare() {
             RUN_NAME="${method}_eval_$DATA_NAME" lgvit_stage eval "${extra[@]}" \
             --max_accuracy_drop "${MAX_ACCURACY_DROP:-1.0}" --sweep True --measure_speedup True
     done
-    (cd "$ROOT" && "$PYTHON" -m utils.analysis.compare_methods "$out" "${names[@]}")
+    (cd "$ROOT" && "$PYTHON" -m utils.analysis.compare_methods "$out" "${names[@]}" --report_to "$REPORT_TO")
 }
 ( _lgvit_compare "$@" ); _lgvit_status=$?
 unset -f _lgvit_compare

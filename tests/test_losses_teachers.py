@@ -82,7 +82,7 @@ def gradient(tensor: torch.Tensor) -> float:
 
 def test_stage1_distillation_sends_no_gradient_into_the_final_logits() -> None:
     outputs = token_outputs()
-    joint_distillation_loss(outputs, LABELS, LossSettings(loss_coefficient=1.0), step=0).backward()
+    joint_distillation_loss(outputs, LABELS, LossSettings(loss_coefficient=1.0), step=0).total().backward()
     assert gradient(outputs.final_logits) == 0.0
     assert all(gradient(logits) > 0 for logits in outputs.exit_logits)
 
@@ -90,7 +90,7 @@ def test_stage1_distillation_sends_no_gradient_into_the_final_logits() -> None:
 def test_stage1_distillation_trains_the_final_classifier_only_through_its_own_loss() -> None:
     """The check above can see a gradient: with part of the weight on cross-entropy the final logits get one."""
     outputs = token_outputs()
-    joint_distillation_loss(outputs, LABELS, LossSettings(loss_coefficient=0.5), step=0).backward()
+    joint_distillation_loss(outputs, LABELS, LossSettings(loss_coefficient=0.5), step=0).total().backward()
     assert gradient(outputs.final_logits) > 0
 
 
@@ -99,7 +99,7 @@ def test_stage1_distillation_trains_the_final_classifier_only_through_its_own_lo
 def test_stage2_losses_send_no_gradient_into_the_final_logits(loss, features) -> None:
     outputs = pooled_outputs() if features == "pooled" else token_outputs()
     loss(outputs, LABELS, LossSettings(loss_coefficient=0.3, homo_coefficient=1.0, hete_coefficient=1.0),
-         step=0).backward()
+         step=0).total().backward()
     assert gradient(outputs.final_logits) == 0.0
     assert all(gradient(logits) > 0 for logits in outputs.exit_logits)
 
@@ -108,7 +108,7 @@ def test_stage2_losses_send_no_gradient_into_the_final_logits(loss, features) ->
 def test_homogeneous_distillation_sends_no_gradient_into_a_groups_deepest_exit(features) -> None:
     outputs = pooled_outputs() if features == "pooled" else token_outputs()
     settings = LossSettings(homo_coefficient=1.0, hete_coefficient=0.0)
-    lgvit_distillation_loss(outputs, LABELS, settings, step=0).backward()
+    lgvit_distillation_loss(outputs, LABELS, settings, step=0).total().backward()
     features = outputs.exit_features
     assert [gradient(features[index]) for index in DEEPEST] == [0.0, 0.0]
     assert all(gradient(features[index]) > 0 for index in SHALLOWER)
@@ -118,7 +118,7 @@ def test_homogeneous_distillation_sends_no_gradient_into_a_groups_deepest_exit(f
 def test_heterogeneous_target_gets_no_gradient(features) -> None:
     outputs = pooled_outputs() if features == "pooled" else token_outputs()
     settings = LossSettings(homo_coefficient=0.0, hete_coefficient=1.0)
-    lgvit_distillation_loss(outputs, LABELS, settings, step=0).backward()
+    lgvit_distillation_loss(outputs, LABELS, settings, step=0).total().backward()
     assert gradient(outputs.teacher_tokens) == 0.0
     # The first and the last exit of each group are pulled toward the target.
     assert all(gradient(outputs.exit_features[index]) > 0 for index in (0, 2, 3, 5))

@@ -2,7 +2,8 @@
 scripts/common.sh start `python -m torch.distributed.run --standalone --nproc_per_node=2` (no --ddp_backend is
 needed on CPU).
 
-- Stage 1 on two processes of 8 images gives the weights of one process of 16 on the same global batch.
+- Stage 1 on two processes of 8 images gives the weights of one process of 16 on the same global batch, and logs
+  the same loss terms of every exit (each process's terms, averaged over the processes).
 - Stage 2 trains only the exit heads.
 - The evaluation at the end of each run, on two processes, gives exactly the metrics of a one-process evaluation
   of the model it saved, exit counts included.
@@ -33,7 +34,7 @@ EVAL_SAMPLES = 45  # odd, so the distributed sampler pads the last batch with re
 COUNTS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]
 TRAIN_SAMPLES = 16  # stage 1: exactly one global batch, 2 x 8 per process or 16 in one process
 SHORT = ["--max_train_samples", str(TRAIN_SAMPLES), "--max_steps", "3", "--max_eval_samples", str(EVAL_SAMPLES),
-         "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "True"]
+         "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "True", "--logging_steps", "1"]
 # The training runs evaluate with patience 2, which needs no threshold fitted to the model.
 EXIT_ARGS = ["--exit_strategy", "patience", "--patience", "2"]
 
@@ -118,6 +119,15 @@ def test_two_process_stage1_equals_one_process_on_the_same_global_batch(base_mod
         torch.testing.assert_close(double_weights[name], tensor, atol=2e-6, rtol=1e-5, msg=name)
         if name in initial and name != "training_forwards":
             assert not torch.equal(tensor, initial[name]), f"{name} did not train"
+    # Every step's loss, exit loss terms and weights, logged from two processes, are those of the one process.
+    single_logs, double_logs = (
+        [entry for entry in read_json(run / "trainer_state.json")["log_history"] if "loss" in entry]
+        for run in (tmp_path / "single", double))
+    terms = [key for key in single_logs[0] if key.startswith("loss_")]
+    assert len(single_logs) == len(double_logs) == 3 and len(terms) == 8  # 3 heads and the final classifier
+    for one, two in zip(single_logs, double_logs):
+        assert {key: two[key] for key in ["loss", *terms]} == pytest.approx({key: one[key] for key in ["loss", *terms]},
+                                                                          rel=1e-5)
     # Both counted the same 3 training forwards (on top of the count the base checkpoint was saved with).
     assert int(double_weights["training_forwards"]) == int(single_weights["training_forwards"])
     assert int(double_weights["training_forwards"]) == int(initial["training_forwards"]) + 3

@@ -4,21 +4,28 @@ figure holding every method's accuracy/speed-up curve.
 Reads, for each method, `<output dir>/<method>/eval/analysis_results.json` (the calibrated operating point, measured
 speed-up included) and `sweep.json` (the method's curve under its own exit criterion), and the base model's
 `<output dir>/base/eval_results.json`. Writes `comparison.md`, `comparison.json` and `comparison.png` in the output
-directory and prints the table.
+directory and prints the table. With `--report_to wandb` it also logs the table and every method's curve (a table
+with a line plot, `utils.analysis.wandb_tables`) to a wandb run of job type `compare` (project `WANDB_PROJECT`, else
+`LGViT_methods`; offline without an API key).
 
-Usage (from the repository root): python -m utils.analysis.compare_methods <output dir> <method> [<method> ...]
+Usage (from the repository root):
+python -m utils.analysis.compare_methods <output dir> <method> [<method> ...] [--report_to wandb]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from models.criteria import get_criterion
 from utils.analysis.plots import plot_tradeoff
 from utils.analysis.sweep import load_sweep
+from utils.analysis.wandb_tables import log_rows, log_tradeoff_curves
+from utils.training.logging_setup import configure_wandb
+from utils.training.wandb_run import code_version, init_run
 
 # The figure shows the settings at most this many accuracy points below the base model (the useful range).
 ZOOM_POINTS = 10
@@ -87,8 +94,9 @@ def exit_rule(row: dict[str, Any]) -> str:
     return get_criterion(row["criterion"]).describe(row["threshold"], row["patience"])
 
 
-def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
-    """Write comparison.md, comparison.json and comparison.png; returns the rows and the base accuracy."""
+def compare(output_dir: str | Path, methods: list[str], to_wandb: bool = False) -> dict[str, Any]:
+    """Write comparison.md, comparison.json and comparison.png (and with `to_wandb` log the table and the curves to
+    the active wandb run); returns the rows and the base accuracy."""
     output_dir = Path(output_dir)
     base_accuracy = read_json(output_dir / "base" / "eval_results.json")["eval_accuracy"]
     rows, curves = [], {}
@@ -112,18 +120,40 @@ def compare(output_dir: str | Path, methods: list[str]) -> dict[str, Any]:
     plot_tradeoff(curves, output_dir / "comparison.png", reference_accuracy=base_accuracy,
                   reference_label="base model (no exits)", accuracy_floor=base_accuracy - ZOOM_POINTS / 100,
                   title=f"Accuracy vs FLOPs speed-up, every method (settings within {ZOOM_POINTS} points)")
+    if to_wandb:
+        log_rows([{"base_accuracy": base_accuracy, **row} for row in rows], "comparison/table")
+        log_tradeoff_curves(curves, prefix="comparison", label_column="method",
+                            title="Accuracy vs FLOPs speed-up, every method")
     print(f"\n{table}\n\n{note}\nWritten to {output_dir / 'comparison.md'} and {output_dir / 'comparison.png'}")
     return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of this module."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output_dir", type=Path, help="the output directory of scripts/compare_methods.sh")
-    parser.add_argument("methods", nargs="+", help="method names, as the sub-folders of the output directory")
+    parser = argparse.ArgumentParser(prog="python -m utils.analysis.compare_methods",
+                                     description="Compare the early-exit methods of scripts/compare_methods.sh.")
+    parser.add_argument("output_dir", help="the directory holding base/ and one directory per method")
+    parser.add_argument("methods", nargs="+", help="the methods' directory names, e.g. SDN PABEE LGViT")
+    parser.add_argument("--report_to", choices=("none", "wandb", "tensorboard", "all"), default="none",
+                        help="wandb or all: also log the table and the curves to a wandb run (offline without an API "
+                             "key); the launchers' REPORT_TO values are accepted, tensorboard logs nothing here")
     return parser
 
 
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if args.report_to not in ("wandb", "all"):
+        return compare(args.output_dir, args.methods)
+    configure_wandb(["wandb"])
+    import wandb
+
+    init_run(project=os.environ.get("WANDB_PROJECT") or "LGViT_methods", job_type="compare", group="comparison",
+             name=f"comparison_{Path(args.output_dir).resolve().name}", tags=["comparison", *args.methods],
+             config={"output_dir": str(args.output_dir), "methods": args.methods, "code_version": code_version()})
+    try:
+        return compare(args.output_dir, args.methods, to_wandb=True)
+    finally:
+        wandb.finish()
+
+
 if __name__ == "__main__":
-    arguments = build_parser().parse_args()
-    compare(arguments.output_dir, arguments.methods)
+    main()

@@ -6,13 +6,14 @@ script from the HuggingFace Hub at run time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score
 from transformers import EvalPrediction
 
+from models.loss_terms import classifier_names
 from utils.analysis.flops import FlopsProfile
 
 
@@ -62,12 +63,36 @@ def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray
     return metrics
 
 
-def build_compute_metrics(num_blocks: int,
-                          profile: FlopsProfile | None = None) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A Trainer `compute_metrics` reading the `(logits, exit_layer)` predictions of `ExitTrainer`."""
+def exit_accuracies(exit_predictions: np.ndarray, labels: np.ndarray, exit_layers: Sequence[int],
+                    num_blocks: int) -> dict[str, float]:
+    """Each classifier's own accuracy on every sample: `accuracy_exit_<layer>` for every exit and for the final
+    classifier (`models.loss_terms.classifier_names`: `exit_<num_blocks>`, or `final` when an exit reads the last
+    layer).
+
+    Args:
+        exit_predictions: (N, exits + 1) the class every exit, then the final classifier, gives each sample.
+    """
+    names = classifier_names(exit_layers, num_blocks)
+    exit_predictions = np.asarray(exit_predictions).reshape(len(labels), -1)
+    if exit_predictions.shape[1] != len(names):
+        raise ValueError(f"Per-exit predictions have {exit_predictions.shape[1]} columns, but exit layers "
+                         f"{list(exit_layers)} give {len(names)} classifiers ({names}): pass the model's "
+                         "`config.exit_positions()` as `exit_layers`.")
+    labels = np.asarray(labels).reshape(-1)
+    return {f"accuracy_{name}": float((exit_predictions[:, index] == labels).mean()) if len(labels) else float("nan")
+            for index, name in enumerate(names)}
+
+
+def build_compute_metrics(num_blocks: int, profile: FlopsProfile | None = None,
+                          exit_layers: Sequence[int] = ()) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A Trainer `compute_metrics` reading the predictions of `ExitTrainer`: `(logits, exit_layer)`, and the
+    per-exit predictions third when it computes them (then `exit_layers`, the model's, name the accuracies)."""
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        logits, exit_layers = prediction.predictions
-        return exit_metrics(logits, exit_layers, prediction.label_ids, num_blocks, profile)
+        logits, exit_layer, *exit_predictions = prediction.predictions
+        metrics = exit_metrics(logits, exit_layer, prediction.label_ids, num_blocks, profile)
+        if exit_predictions:
+            metrics.update(exit_accuracies(exit_predictions[0], prediction.label_ids, exit_layers, num_blocks))
+        return metrics
 
     return compute_metrics

@@ -25,7 +25,8 @@ _SPEEDUP_LABELS = {"flops": "FLOPs speed-up (full model / average per sample)",
                    "layer": "layer speed-up (layers / average exit layer)"}
 
 
-def _new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
+    """An empty figure on its own Agg canvas (inches)."""
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)  # an explicit Agg canvas: no pyplot, no global backend
     return figure
@@ -64,7 +65,7 @@ def tradeoff_figure(curves: Mapping[str, Sequence[SweepPoint]], speedup: str = "
             `reference_label`.
         accuracy_floor: leave out settings less accurate than this (fraction), to zoom on the useful range.
     """
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     for label, points in curves.items():
         if accuracy_floor is not None:
@@ -101,7 +102,7 @@ def exit_histogram_figure(exit_layer: torch.Tensor, num_blocks: int, exit_layers
     layers = list(range(1, num_blocks + 1))
     colors = ["tab:blue" if layer in exit_layers else "tab:grey" for layer in layers]
     colors[-1] = "tab:orange"
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     axes.bar(layers, counts.tolist(), color=colors)
     average = float(exit_layer.double().mean()) if exit_layer.numel() else float("nan")
@@ -123,7 +124,7 @@ def plot_exit_accuracy(exit_accuracies: Sequence[float], exit_layers: Sequence[i
 def exit_accuracy_figure(exit_accuracies: Sequence[float], exit_layers: Sequence[int], final_accuracy: float,
                          num_blocks: int, title: str | None = None) -> Figure:
     """Accuracy (%) of every exit and of the final classifier, by layer."""
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     axes.plot(list(exit_layers), [100 * a for a in exit_accuracies], marker="o", label="exit heads")
     axes.scatter([num_blocks], [100 * final_accuracy], marker="*", s=120, color="tab:red", label="final classifier",

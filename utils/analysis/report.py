@@ -8,7 +8,8 @@ exit computed and writes, next to `eval_results.json`:
 - `analysis_results.json`: what the model's own exit setting gives (the online evaluation's numbers, plus the FLOPs
   speed-up), each exit's accuracy, the FLOPs per part and the heads' parameters, the calibration target, and with
   `--measure_speedup` the wall-clock speed-up against the full model;
-- `tradeoff.png`, `tradeoff_layers.png`, `exit_accuracy.png`, `exit_histogram.png`, also logged to wandb.
+- `tradeoff.png`, `tradeoff_layers.png`, `exit_accuracy.png`, `exit_histogram.png`, also logged to wandb, where
+  every criterion's curve also goes as a table with a line plot (`utils.analysis.wandb_tables`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from utils.analysis.flops import FlopsProfile
 from utils.analysis.plots import log_figures_to_wandb, plot_exit_accuracy, plot_exit_histogram, plot_tradeoff
 from utils.analysis.sweep import CachedLogits, collect_logits, exit_decisions, exit_layers_of, save_sweep, sweep
 from utils.analysis.timing import measure_speedup
+from utils.analysis.wandb_tables import log_tradeoff_curves
 from utils.arguments import AnalysisArguments
 from utils.data.image_dataset import ImageDataset, collate_fn
 
@@ -117,6 +119,7 @@ def analyse_evaluation(model: nn.Module, dataset: ImageDataset, profile: FlopsPr
                 "speed-up %.3f%s; written to %s", report["strategy"], report["threshold"], report["accuracy"],
                 report["final_accuracy"], report["layer_speedup"], report["flops_speedup"],
                 f", measured speed-up {report['measured_speedup']:.3f}" if args.measure_speedup else "", output_dir)
+    log_tradeoff_curves(curves)
     if log_figures_to_wandb(figures):
         import wandb
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "parse_literal": "utils.arguments.model",
     "ARGUMENT_CLASSES": "utils.arguments.parsing",
     "parse_arguments": "utils.arguments.parsing",
+    "argument_files": "utils.arguments.files",
     "read_argument_file": "utils.arguments.files",
     "TrainingArguments": "utils.arguments.training",
 }

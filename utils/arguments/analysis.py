@@ -10,7 +10,8 @@ from models.criteria import get_criterion
 @dataclass
 class AnalysisArguments:
     """The accuracy-speed analysis of an evaluation (`utils.analysis`): threshold calibration before it, and a
-    one-pass sweep of every exit criterion, the measured speed-up and the figures after it."""
+    one-pass sweep of every exit criterion, the measured speed-up and the figures after it; and whether every
+    evaluation also reports each exit's own accuracy."""
 
     target_speedup: float | None = field(
         default=None,
@@ -27,6 +28,11 @@ class AnalysisArguments:
     )
     calibration_speedup: str = field(
         default="flops", metadata={"help": "Speed-up --target_speedup refers to: flops (exit heads counted) or layer."}
+    )
+    every_exit_accuracy: bool = field(
+        default=True,
+        metadata={"help": "Every evaluation also runs every exit on every image (one more pass without early exit) "
+                          "and reports each exit's own accuracy (eval_accuracy_exit_<layer>)."},
     )
     sweep: bool = field(
         default=False,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,3 +20,11 @@ def read_argument_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values.")
     return values
+
+
+def argument_files(args: list[str] | dict[str, Any] | None = None) -> list[str]:
+    """The JSON/YAML files a command line starts with (`parse_arguments` reads them); none for a dict."""
+    if isinstance(args, dict):
+        return []
+    argv = list(sys.argv[1:] if args is None else args)
+    return list(itertools.takewhile(lambda argument: argument.endswith(ARGUMENT_FILE_SUFFIXES), argv))

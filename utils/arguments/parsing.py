@@ -10,12 +10,14 @@ from transformers import HfArgumentParser
 
 from utils.arguments.analysis import AnalysisArguments
 from utils.arguments.data import DataTrainingArguments
-from utils.arguments.files import ARGUMENT_FILE_SUFFIXES, read_argument_file
+from utils.arguments.files import argument_files, read_argument_file
 from utils.arguments.model import ModelArguments
 from utils.arguments.original import translate_arguments, translate_values
 from utils.arguments.training import TrainingArguments
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments)
+
+
 def parse_arguments(
     args: list[str] | dict[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, AnalysisArguments, TrainingArguments]:
@@ -28,11 +30,11 @@ def parse_arguments(
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if isinstance(args, dict):
         return parser.parse_dict(translate_values(args))
-    argv = translate_arguments(list(sys.argv[1:] if args is None else args))
+    files = argument_files(args)
+    argv = translate_arguments(list(sys.argv[1:] if args is None else args)[len(files):])
     defaults: dict[str, Any] = {}
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
-    while argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):
-        path = argv.pop(0)
+    for path in files:
         values = translate_values(read_argument_file(path))
         unknown = sorted(set(values) - known)
         if unknown:
