@@ -5,8 +5,9 @@
 Two kinds of images, stored as encoded bytes in a `datasets` table as hub datasets hold them:
 - ImageNet-like JPEGs (500x375, quality 90) -> RandomResizedCrop 224 (8-100% of the area) + flip;
 - CIFAR-like 32x32 PNGs -> the same crop, upscaled to 224, + flip.
-The original's pipeline decodes with PIL, crops and flips PIL images, converts to float and normalises in the
-worker (`utils.data.transforms.reference_transforms`), and hands float batches to the trainer. This project's
+The original's pipeline, as this project ran it before, decodes with PIL, crops and flips PIL images, converts to
+float and normalises in the worker (`utils.data.transforms.reference_transforms`, a per-sample seed), and hands float
+batches to the trainer. This project's
 (`utils.data.image_dataset.ImageDataset`) decodes with TorchCodec, crops and flips uint8 tensors and hands uint8
 batches over; normalisation happens on the device, where it costs next to nothing. Each way runs in one loader
 worker process (batches of 64, as the paper's per-GPU batch) over the same images; rounds alternate the order, and
@@ -63,18 +64,21 @@ def image_table(kind: str, count: int | None = None) -> Dataset:
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
-    """The original's pipeline: PIL decoding by `datasets`, PIL transforms, float normalisation in the worker."""
+    """The original's pipeline, as this project's `ImageDataset` ran it before: PIL decoding by `datasets`, PIL
+    transforms with a per-sample seed, float normalisation in the worker."""
 
-    def __init__(self, data: Dataset, transform: Callable) -> None:
-        self.data, self.transform = data, transform
+    def __init__(self, data: Dataset, transform: Callable, seed: int = 0) -> None:
+        self.data, self.transform, self.seed = data, transform, seed
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.data[int(index)]
-        return {"pixel_values": self.transform(Image().decode_example(row["image"]).convert("RGB")),
-                "labels": row["labels"]}
+        image = Image().decode_example(row["image"]).convert("RGB")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, 0, int(index)]).generate_state(1)[0]))
+            return {"pixel_values": self.transform(image), "labels": row["labels"]}
 
 
 def pipelines(data: Dataset, size: int = 224) -> dict[str, torch.utils.data.Dataset]:
@@ -85,10 +89,12 @@ def pipelines(data: Dataset, size: int = 224) -> dict[str, torch.utils.data.Data
 
 
 def images_per_second(dataset: torch.utils.data.Dataset, workers: int, batch_size: int = 64) -> float:
-    """Images per second through a loader with `workers` worker processes (0: in this process), start-up excluded."""
+    """Images per second through a loader with `workers` worker processes (0: in this process): one pass to start
+    the (persistent) workers and warm up, then one timed pass."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
                                          persistent_workers=workers > 0)
-    next(iter(loader))  # start the workers
+    for _ in loader:
+        pass
     start = time.perf_counter()
     count = sum(len(batch["labels"]) for batch in loader)
     return count / (time.perf_counter() - start)

@@ -7,7 +7,7 @@
   features directly, global ones through their Gram matrices F^T F (so 49- and 25-token features compare).
 - Pooled features (Swin heads, whose width doubles from stage to stage): both terms compare the (B, B) similarity
   of the samples in the batch, which every width shares (similarity-preserving distillation, Tung and Mori, ICCV
-  2019, https://arxiv.org/abs/1907.09682; docs/swin_distillation.md explains the choice). The heterogeneous teacher
+  2019, https://arxiv.org/abs/1907.09682; docs/swin-distillation.md explains the choice). The heterogeneous teacher
   is the final representation (the token mean the final classifier reads).
 Teachers are always detached by the caller.
 """

@@ -1,4 +1,4 @@
-"""Training losses of the two LGViT stages (paper section 3.3; docs/original_code.md has the original's formulas).
+"""Training losses of the two LGViT stages (paper section 3.3; docs/original-code.md has the original's formulas).
 
 Stage 1 (end to end): `normal`, `weighted`, `alternating`, `alternating_weighted`, `distillation`.
 Stage 2 (backbone and final classifier frozen): `distillation` and `distillation_LGViT`.

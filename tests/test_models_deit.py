@@ -235,7 +235,7 @@ def test_lgvit_rule_for_other_exit_counts(num_exits):
     (8, ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "attention_r2", "attention_r2", "attention_r3", "attention_r3"]),
 ])
 def test_original_lgvit_layouts(num_exits, layout):
-    """The original code's layouts (docs/original_code.md, "Exit heads"), on the default last exit positions."""
+    """The original code's layouts (docs/original-code.md, "Exit heads"), on the default last exit positions."""
     config = DeiTHighwayConfig(**dict(BACKBONE_FIELDS, num_hidden_layers=12), highway_type="LGViT",
                                num_early_exits=num_exits)
     assert [spec.name for spec in config.head_specs()] == layout

@@ -4,7 +4,7 @@
   (softmax, natural-log entropy, confidence, the patience counters) gives each sample's exit layer and logits,
   which the online early exit `model(x)` must reproduce at random thresholds.
 - Losses: every stage-1 and stage-2 training loss written out with F.cross_entropy and F.kl_div, following the
-  formulas of models/losses.py, models/pooled_distillation.py and docs/swin_distillation.md.
+  formulas of models/losses.py, models/pooled_distillation.py and docs/swin-distillation.md.
 """
 
 from __future__ import annotations

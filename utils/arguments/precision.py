@@ -74,7 +74,7 @@ def choose_precision(requested: str, device: CudaDevice | None) -> PrecisionChoi
             raise ValueError("--precision fp16 (loss-scaled float16 mixed precision) runs on CUDA GPUs only; without "
                              "one use bf16 or fp32 (auto picks fp32).")
         if requested == "auto":
-            return PrecisionChoice("fp32", False, "auto without a CUDA GPU: fp32 (mixed precision gains little here)")
+            return PrecisionChoice("fp32", False, "auto without a CUDA GPU: fp32 (PRECISION=bf16 for CPU autocast)")
         return PrecisionChoice(requested, False, f"{requested} as asked, without a CUDA GPU")
     where = f"{device.name} (compute capability {device.capability[0]}.{device.capability[1]})"
     if requested == "bf16" and not device.has_bf16:

@@ -4,6 +4,7 @@ of the bytes cross from the loader workers and to the GPU, and no worker spends 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -100,9 +101,11 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.seed is None:
             return {"pixel_values": self.transform(image), "labels": row["labels"]}
         sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
-        # torchvision's random transforms draw from torch's global generator; fork it so the run's own RNG
-        # stream (dropout, shuffling) is untouched.
-        with torch.random.fork_rng(devices=[]):
+        # torchvision's random transforms draw from torch's global generator. A loader worker's generator serves
+        # that worker alone, so it is seeded directly; in the training process itself it is forked, so that the
+        # run's own stream (dropout, shuffling) is untouched.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": row["labels"]}
