@@ -113,26 +113,38 @@ def worker_processes(output_dir: Path) -> list[int]:
     return found
 
 
-def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_an_uninterrupted_run(base_model: Path,
-                                                                                          tmp_path: Path) -> None:
-    """Base fine-tuning (its presets start over: --overwrite_output_dir True) on two processes, checkpoints every 4
-    of 16 steps; one worker is SIGKILLed once the first checkpoint is complete."""
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one_node", "two_nodes"])
+def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_an_uninterrupted_run(
+        base_model: Path, tmp_path: Path, nodes: int) -> None:
+    """Base fine-tuning (its presets start over: --overwrite_output_dir True) on two processes, on one node or on two
+    (then the c10d rendezvous), checkpoints every 4 of 16 steps; one worker is SIGKILLed once the first checkpoint
+    is complete. On two nodes the other node's agent restarts its process without counting a restart: the group
+    still agrees that it is one."""
     args = [*SHORT, "--max_steps", "16", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "10"]
-    variables = dict(GPUS_PER_NODE="2", MAX_RESTARTS="1", MODEL_NAME_OR_PATH=str(base_model))
+    variables = dict(MAX_RESTARTS="1", MODEL_NAME_OR_PATH=str(base_model))
     faulty, clean = tmp_path / "faulty", tmp_path / "clean"
-    process = start("train_base_deit.sh", tmp_path / "faulty.log", *args, **variables, OUTPUT_DIR=str(faulty))
+    if nodes == 1:
+        launchers = [start("train_base_deit.sh", tmp_path / "faulty.log", *args, **variables, GPUS_PER_NODE="2",
+                           OUTPUT_DIR=str(faulty))]
+    else:
+        cluster = dict(NNODES="2", GPUS_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                       RDZV_ID=tmp_path.name)
+        launchers = [start("train_base_deit.sh", tmp_path / f"faulty{rank}.log", *args, **variables, **cluster,
+                           NODE_RANK=str(rank), OUTPUT_DIR=str(faulty)) for rank in (0, 1)]
+    logs = sorted(tmp_path.glob("faulty*.log"))
     deadline = time.monotonic() + 300
     while not (faulty / "checkpoint-4" / "trainer_state.json").is_file():
-        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "faulty.log").read_text()[-3000:]
+        assert all(process.poll() is None for process in launchers) and time.monotonic() < deadline, \
+            logs[0].read_text()[-3000:]
         time.sleep(0.01)
     workers = worker_processes(faulty)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
-    log = finish(process, tmp_path / "faulty.log")
+    log = "".join(finish(process, path) for process, path in zip(launchers, logs))
     assert "exitcode: -9" in log
     assert "Restart 1 of this run after a failure: resuming from" in log and str(faulty / "checkpoint-") in log
-    finish(start("train_base_deit.sh", tmp_path / "clean.log", *args, **variables, OUTPUT_DIR=str(clean)),
-           tmp_path / "clean.log")
+    finish(start("train_base_deit.sh", tmp_path / "clean.log", *args, **variables, GPUS_PER_NODE="2",
+                 OUTPUT_DIR=str(clean)), tmp_path / "clean.log")
 
     resumed, uninterrupted = load_file(faulty / "model.safetensors"), load_file(clean / "model.safetensors")
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)

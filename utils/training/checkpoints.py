@@ -10,9 +10,9 @@
 An explicit `--resume_from_checkpoint` is taken as given.
 
 After a failure, torchrun restarts the processes (`--max_restarts`, MAX_RESTARTS in the launchers) with
-TORCHELASTIC_RESTART_COUNT > 0: whatever the presets say, the restarted run resumes from its last complete
-checkpoint, which is this run's own (earlier runs' were removed or refused when it started); a checkpoint cut short
-by the failure is skipped with a warning, and left in place.
+TORCHELASTIC_RESTART_COUNT > 0 in one process at least: whatever the presets say, the restarted run resumes from its
+last complete checkpoint, which is this run's own (earlier runs' were removed or refused when it started); a
+checkpoint cut short by the failure is skipped with a warning, and left in place.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -51,9 +52,16 @@ def run_differences(checkpoint: str | Path, config: PretrainedConfig,
     return differences
 
 
-def restart_count() -> int:
-    """How often torchrun has restarted this run's processes after a failure (0 on the first attempt)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+def restart_count(training_args: TrainingArguments) -> int:
+    """How often torchrun has restarted this run's processes after a failure (0 on the first attempt), the same in
+    every process: on several nodes, the agent of a node whose processes did not fail restarts them to form the new
+    group without counting a restart, so the group takes its largest count."""
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        largest = torch.tensor(count, device=training_args.device)
+        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+        count = int(largest)
+    return count
 
 
 def is_complete(checkpoint: Path, processes: int) -> bool:
@@ -103,9 +111,10 @@ def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig
     output_dir = training_args.output_dir
     if not training_args.do_train or not os.path.isdir(output_dir):
         return explicit
-    if restart_count() > 0:
+    restarts = restart_count(training_args)
+    if restarts > 0:
         last = last_complete_checkpoint(output_dir, training_args.world_size)
-        logger.warning("Restart %d of this run after a failure: %s.", restart_count(),
+        logger.warning("Restart %d of this run after a failure: %s.", restarts,
                        f"resuming from {last}" if last else "no checkpoint was written yet, starting over")
         return last or explicit
     if training_args.overwrite_output_dir:
