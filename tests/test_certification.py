@@ -140,6 +140,9 @@ def test_a_split_too_small_is_refused_before_training():
         check_analysis_request(args, num_exits=11, calibration_split=0.1, calibration_samples=153,
                                strategy="confidence")
     check_analysis_request(args, num_exits=11, calibration_split=0.2, calibration_samples=306, strategy="confidence")
+    with pytest.raises(ValueError, match="--certified_patience lists patience counts of patient_and_confident"):
+        check_analysis_request(AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, certified_patience=[1, 2]),
+                               num_exits=11, calibration_split=0.2, calibration_samples=306, strategy="confidence")
     scaled = AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, temperature_split=0.3)
     with pytest.raises(ValueError, match="214 images, too few"):  # 92 of the 306 fit the temperatures
         check_analysis_request(scaled, num_exits=11, calibration_split=0.2, calibration_samples=306,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from models.criteria import get_criterion
 from utils.analysis.calibration import Calibration, calibrate, evaluation_report, write_exit_settings
 from utils.analysis.certification import certify, sequence_count, too_small_message
 from utils.analysis.flops import FlopsProfile
@@ -47,9 +49,12 @@ def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_
     if args.calibrates and calibration_split <= 0.0:
         raise ValueError("Threshold calibration needs held-out training data: pass --calibration_split (e.g. 0.1), "
                          "the same value every training stage used, so the calibration samples were never trained on.")
+    criterion = args.calibration_strategy or strategy
+    if args.certified_patience and criterion and get_criterion(criterion).rule != "streak":
+        raise ValueError(f"--certified_patience lists patience counts of patient_and_confident; {criterion} "
+                         "certifies no such count (drop the flag, or set --calibration_strategy).")
     if args.certifies and calibration_samples is not None:
         samples = calibration_samples - temperature_samples(calibration_samples, args.temperature_split)
-        criterion = args.calibration_strategy or strategy
         sequences = sequence_count(criterion, args.certified_patience) if criterion else 1
         if samples < minimum_samples(args.max_accuracy_drop / 100.0, args.risk_level, sequences):
             raise ValueError(too_small_message(samples, args.max_accuracy_drop, args.risk_level, sequences))
@@ -91,7 +96,7 @@ def calibrate_to_budget(model: nn.Module, dataset: Dataset, profile: FlopsProfil
         calibration = calibrate(cache, profile, strategy, target_speedup=args.target_speedup,
                                 max_accuracy_drop=args.max_accuracy_drop, speedup=args.calibration_speedup)
     if fit is not None:
-        calibration.details.update(fit.as_dict())
+        calibration = replace(calibration, details={**calibration.details, **fit.as_dict()})
     write_exit_settings(model.config, calibration.settings)
     return calibration
 

@@ -30,6 +30,7 @@ import torch
 from scipy.stats import binomtest
 
 from utils.analysis.certification import (
+    GRID_SIZE,
     CandidateTable,
     candidate_sequences,
     candidate_table,
@@ -129,7 +130,7 @@ def outcome(rule: str, chosen: Sequence[int], population: Population, max_accura
 def simulate(cache: CachedLogits, profile: FlopsProfile, strategy: str, calibration_samples: int,
              max_accuracy_drop: float, risk_level: float, draws: int, *, risk: str = "accuracy",
              bound: str = "binomial", path: str = "shared", patience_values: Sequence[int] | None = None,
-             num: int = 200, seed: int = 0) -> dict[str, RuleOutcome]:
+             num: int = GRID_SIZE, seed: int = 0) -> dict[str, RuleOutcome]:
     """Draw `draws` calibration sets of `calibration_samples` images from the population `cache`, let each rule
     choose on every one, and summarise the choices on the population ({rule: outcome})."""
     sequences = candidate_sequences(strategy, cache.final_logits.shape[-1], cache.exit_layers, cache.num_blocks,
@@ -150,7 +151,7 @@ def simulate(cache: CachedLogits, profile: FlopsProfile, strategy: str, calibrat
 
 def simulate_with_temperatures(cache: CachedLogits, profile: FlopsProfile, strategy: str, calibration_samples: int,
                                temperature_samples: int, max_accuracy_drop: float, risk_level: float, draws: int, *,
-                               risk: str = "accuracy", bound: str = "binomial", num: int = 200,
+                               risk: str = "accuracy", bound: str = "binomial", num: int = GRID_SIZE,
                                seed: int = 0) -> RuleOutcome:
     """The certified rule with exit temperatures fitted on `temperature_samples` further images of each draw: the
     candidates are rebuilt on the scaled logits every draw, so this is slower than `simulate`."""
