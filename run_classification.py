@@ -8,7 +8,8 @@
   distillation_LGViT`;
 - evaluation only: `--do_train False --do_eval`; with `--sweep True` also every criterion's accuracy/speed-up curve
   and the figures, with `--measure_speedup True` the wall-clock speed-up, and with `--target_speedup` or
-  `--max_accuracy_drop` (and `--calibration_split`) thresholds calibrated first and saved in the config.
+  `--max_accuracy_drop` (and `--calibration_split`) thresholds calibrated first and saved in the config; with
+  `--risk_level` the accuracy budget is certified (docs/certified-thresholds.md).
 
 Arguments come from the command line, or from JSON/YAML files (later ones override earlier ones) followed by
 command-line overrides: `python run_classification.py configs/digits/stage1.yaml --output_dir outputs/x`.
@@ -64,7 +65,8 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     labels = label_names(dataset)
     check_label_count(model_args, labels)
     config = load_config(model_args, labels)
-    check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split)
+    check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split,
+                           len(dataset["calibration"]) if "calibration" in dataset else None, config.exit_strategy)
     checkpoint = resume_checkpoint(training_args, config)
     model = load_model(model_args, config)
     flops = profile_flops(model)

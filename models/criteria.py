@@ -16,6 +16,7 @@ Adding a criterion is one call:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ def confidence(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
 
 
+def entropy_range(num_classes: int) -> tuple[float, float]:
+    """Entropy of K-class softmax outputs lies in [0, log K]."""
+    return 0.0, math.log(num_classes)
+
+
+def confidence_range(num_classes: int) -> tuple[float, float]:
+    """The top probability of K-class softmax outputs lies in [1/K, 1]."""
+    return 1.0 / num_classes, 1.0
+
+
 @dataclass(frozen=True)
 class ExitCriterion:
     """One exit criterion.
@@ -56,6 +67,8 @@ class ExitCriterion:
         threshold_range: (lowest, highest) valid threshold; None means unbounded.
         default_threshold: the threshold when a configuration gives none (backbones may have their own defaults).
         default_patience: the patience count when a configuration gives none (`agreement` and `streak`).
+        score_range: number of classes K -> (lowest, highest) score K-class logits can have; None when unknown
+            (such a criterion has no data-free threshold grid, `fixed_thresholds`).
     """
 
     name: str
@@ -66,6 +79,7 @@ class ExitCriterion:
     threshold_range: tuple[float | None, float | None] = (None, None)
     default_threshold: float = 0.0
     default_patience: int = 1
+    score_range: Callable[[int], tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -133,6 +147,15 @@ class ExitCriterion:
         values = np.clip(np.concatenate([quantiles, ends]), low, high)
         return sorted({float(value) for value in values})
 
+    def fixed_thresholds(self, num_classes: int, fractions: Sequence[float]) -> list[float]:
+        """Thresholds chosen without looking at any data, one per fraction f of the score range walked from the end
+        that never leaves: f = 0 is the bound no score passes (strict comparison: confidence > 1, entropy < 0), f = 1
+        the other end of the range (every sample but an exactly uniform one passes)."""
+        if self.score_range is None:
+            raise ValueError(f"Criterion {self.name!r} has no `score_range`, so it has no data-free threshold grid.")
+        low, high = self.score_range(num_classes)
+        return [low + f * (high - low) if self.leaves_below else high - f * (high - low) for f in fractions]
+
     def describe(self, threshold: float | Sequence[float], patience: int) -> str:
         """A setting in words, e.g. "confidence > 0.8" or "2 exits in a row with entropy < 0.5"."""
         value = f"{threshold:.3g}" if isinstance(threshold, (int, float)) else str(list(threshold))
@@ -165,10 +188,12 @@ def get_criterion(name: str, field: str = "exit_strategy") -> ExitCriterion:
 
 # The four criteria of the original code, with its default values for DeiT/ViT (Swin overrides some defaults).
 register_criterion(ExitCriterion(name="entropy", rule="threshold", score=entropy, score_name="entropy",
-                                 leaves_below=True, threshold_range=(0.0, None), default_threshold=0.6))
+                                 leaves_below=True, threshold_range=(0.0, None), default_threshold=0.6,
+                                 score_range=entropy_range))
 register_criterion(ExitCriterion(name="confidence", rule="threshold", score=confidence, score_name="confidence",
-                                 leaves_below=False, threshold_range=(0.0, 1.0), default_threshold=0.865))
+                                 leaves_below=False, threshold_range=(0.0, 1.0), default_threshold=0.865,
+                                 score_range=confidence_range))
 register_criterion(ExitCriterion(name="patience", rule="agreement", default_patience=7))
 register_criterion(ExitCriterion(name="patient_and_confident", rule="streak", score=entropy, score_name="entropy",
                                  leaves_below=True, threshold_range=(0.0, None), default_threshold=0.5,
-                                 default_patience=2))
+                                 default_patience=2, score_range=entropy_range))

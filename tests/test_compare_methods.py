@@ -55,7 +55,7 @@ def test_method_presets_match_the_readme_table(method: str) -> None:
 def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None:
     out = tmp_path / "compare"
     finished = run_script(f"bash {ROOT}/scripts/compare_methods.sh {TINY_RUN}", tmp_path, OUTPUT_DIR=str(out),
-                          METHODS="pabee lgvit", MAX_ACCURACY_DROP="5")
+                          METHODS="pabee lgvit", MAX_ACCURACY_DROP="5", RISK_LEVEL="0.1")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert (out / "LGViT" / "stage2" / "config.json").is_file()  # LGViT alone has a stage 2
     assert read_json(out / "LGViT" / "stage2" / "config.json")["train_strategy"] == "distillation_LGViT"
@@ -68,12 +68,19 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
         assert row["criterion"] == yaml.safe_load((ROOT / "configs" / "methods" / f"{key}.yaml").read_text())[
             "exit_strategy"] == analysis["strategy"]
         assert row["accuracy"] == analysis["accuracy"] and row["measured_speedup"] == analysis["measured_speedup"]
-        assert row["target"] == "accuracy drop <= 5.0 points"
+        assert row["target"] == "certified accuracy drop <= 5 points at risk level 0.1"
+        assert analysis["certified"] and analysis["calibration_samples"] == 306  # the digits' default split, 0.2
+        assert row["accuracy_drop_within_budget"] == analysis["accuracy_drop_within_budget"]
         # The thresholds the evaluation used are the calibrated ones, saved with the model.
         assert read_json(out / key / "eval" / "config.json")["exit_strategy"] == analysis["strategy"]
+    # The empirical rule ran on the same budget, for the comparison.
+    empirical = [read_json(out / key / "eval_empirical" / "analysis_results.json") for key in ("PABEE", "LGViT")]
+    assert [row["target"] for row in empirical] == ["accuracy drop <= 5.0 points"] * 2
+    assert [row["flops_speedup"] for row in summary["empirical"]] == [row["flops_speedup"] for row in empirical]
 
     table = (out / "comparison.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 4  # header, base, PABEE, LGViT
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 4 + 3  # and the budget table's 3 rows
+    assert "| PABEE | 5 | " in table and "(95% low)" in table and "certified (delta = 0.1, n = 306)" in table
     assert "| PABEE | 11 (" in table and "| LGViT | 8 (" in table and "exits in a row agree" in table
     assert (out / "comparison.png").stat().st_size > 5000
     assert "comparison.md" in finished.stdout

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -22,7 +22,8 @@ from transformers import PretrainedConfig
 from models.criteria import get_criterion
 from models.exit_settings import ExitSettings
 from utils.analysis.flops import FlopsProfile
-from utils.analysis.sweep import CachedLogits, SweepPoint, evaluate_settings, sweep_criterion
+from utils.analysis.risk_control import lower_confidence_bound, within_budget
+from utils.analysis.sweep import CachedLogits, SweepPoint, evaluate_settings, exit_decisions, sweep_criterion
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,17 @@ class Calibration:
         target: what was asked, e.g. "flops speed-up >= 2.0" or "accuracy drop <= 1.0 points".
         met: whether some setting met the target (if not, `point` is the closest one: the fastest setting for a
             speed-up target, the most accurate one for an accuracy target).
+        max_accuracy_drop: the accuracy budget in points, for an accuracy target.
+        details: more about how the setting was chosen, for the report (a certificate,
+            `utils.analysis.certification`; exit temperatures, `utils.analysis.temperature`).
     """
 
     point: SweepPoint
     final_accuracy: float
     target: str
     met: bool
+    max_accuracy_drop: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> ExitSettings:
@@ -89,16 +95,17 @@ def calibrate(cache: CachedLogits, profile: FlopsProfile, strategy: str, *, targ
         floor = final_accuracy - max_accuracy_drop / 100.0
         meeting = [p for p in points if p.accuracy >= floor - _TOLERANCE]
         best = max(meeting, key=faster) if meeting else max(points, key=more_accurate)
-    calibration = Calibration(point=best, final_accuracy=final_accuracy, target=target, met=bool(meeting))
+    calibration = Calibration(point=best, final_accuracy=final_accuracy, target=target, met=bool(meeting),
+                              max_accuracy_drop=max_accuracy_drop)
     log = logger.info if calibration.met else logger.warning
     log("Calibrated %s on %d samples for %s%s: thresholds %s, patience %d -> accuracy %.4f (final %.4f), "
         "FLOPs speed-up %.3f, layer speed-up %.3f.", strategy, len(cache), target,
-        "" if calibration.met else " (not reachable; closest setting)", _compact(best.thresholds), best.patience,
-        best.accuracy, final_accuracy, best.flops_speedup, best.layer_speedup)
+        "" if calibration.met else " (not reachable; closest setting)", compact_thresholds(best.thresholds),
+        best.patience, best.accuracy, final_accuracy, best.flops_speedup, best.layer_speedup)
     return calibration
 
 
-def _compact(thresholds: Sequence[float]) -> float | list[float]:
+def compact_thresholds(thresholds: Sequence[float]) -> float | list[float]:
     """One float when every exit shares the threshold, else the list."""
     return thresholds[0] if len(set(thresholds)) == 1 else list(thresholds)
 
@@ -115,7 +122,7 @@ def write_exit_settings(config: PretrainedConfig, settings: ExitSettings) -> Non
     config.exit_strategy = settings.strategy
     criterion = get_criterion(settings.strategy)
     if criterion.uses_threshold:
-        config.threshold = _compact(settings.thresholds)
+        config.threshold = compact_thresholds(settings.thresholds)
     if criterion.uses_patience:
         config.patience = settings.patience
     try:
@@ -135,7 +142,7 @@ def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: Exit
     final_accuracy = cache.final_accuracy()
     report: dict[str, Any] = {
         "strategy": settings.strategy,
-        "threshold": _compact(point.thresholds),
+        "threshold": compact_thresholds(point.thresholds),
         "patience": settings.patience,
         "samples": len(cache),
         "accuracy": point.accuracy,
@@ -155,5 +162,30 @@ def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: Exit
             "calibration_final_accuracy": calibration.final_accuracy,
             "calibration_layer_speedup": calibration.point.layer_speedup,
             "calibration_flops_speedup": calibration.point.flops_speedup,
+            **calibration.details,
         })
+        if calibration.max_accuracy_drop is not None:
+            report.update(budget_on_evaluation(cache, settings, calibration.max_accuracy_drop))
     return report
+
+
+def budget_on_evaluation(cache: CachedLogits, settings: ExitSettings, max_accuracy_drop: float) -> dict[str, Any]:
+    """Whether `settings` kept the accuracy budget on these (evaluation) images, from integer counts: the net drop
+    (final classifier right minus early exit right) and the certified risk (early exit wrong where the final
+    classifier is right), both against the budget in points.
+
+    A finite evaluation split measures the risk with noise, so the report adds the risk's one-sided 95% lower
+    confidence bound: only when that bound is above the budget do the images show the promise broken beyond chance.
+    """
+    logits, _ = exit_decisions(cache, settings)
+    early_correct = logits.argmax(dim=-1) == cache.labels
+    final_correct = cache.final_logits.argmax(dim=-1) == cache.labels
+    drop = int(final_correct.sum()) - int(early_correct.sum())
+    risk = int((~early_correct & final_correct).sum())
+    return {
+        "max_accuracy_drop": max_accuracy_drop,
+        "accuracy_drop_within_budget": within_budget(drop, len(cache), max_accuracy_drop),
+        "evaluation_risk": 100.0 * risk / len(cache),
+        "evaluation_risk_within_budget": within_budget(risk, len(cache), max_accuracy_drop),
+        "evaluation_risk_lower_bound": 100.0 * lower_confidence_bound(risk, len(cache), 0.05),
+    }

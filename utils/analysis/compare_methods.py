@@ -57,6 +57,23 @@ def method_row(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
         "timed_images": analysis.get("timed_images"),
         "timed_rounds": analysis.get("timed_rounds"),
         "target": analysis.get("target"),
+        **budget_fields(analysis),
+    }
+
+
+def budget_fields(analysis: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy budget of a method's calibration and how the evaluation split kept it (None without one)."""
+    return {
+        "accuracy_drop": 100.0 * (analysis["final_accuracy"] - analysis["accuracy"]),
+        "max_accuracy_drop": analysis.get("max_accuracy_drop"),
+        "accuracy_drop_within_budget": analysis.get("accuracy_drop_within_budget"),
+        "certified": analysis.get("certified", False),
+        "risk_level": analysis.get("risk_level"),
+        "certified_bound": analysis.get("certified_bound"),
+        "calibration_samples": analysis.get("calibration_samples"),
+        "calibration_flops_speedup": analysis.get("calibration_flops_speedup"),
+        "evaluation_risk": analysis.get("evaluation_risk"),
+        "evaluation_risk_lower_bound": analysis.get("evaluation_risk_lower_bound"),
     }
 
 
@@ -64,18 +81,50 @@ def markdown_table(rows: list[dict[str, Any]], base_accuracy: float) -> str:
     """The comparison as a markdown table (accuracies in %)."""
     lines = [
         "| method | exits (head params) | exit rule | accuracy (%) | own final head (%) | avg exit layer "
-        "| speed-up: layers | FLOPs | measured (range) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 |",
+        "| speed-up: layers | FLOPs | measured (range) | drop, points (budget) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| base model (no exits) | 0 | - | {100 * base_accuracy:.2f} | - | - | 1.00 | 1.00 | 1.00 | - |",
     ]
     for row in rows:
         measured = measured_cell(row)
         lines.append(
             f"| {row['method']} | {row['exits']} ({row['head_parameters'] / 1e3:.0f}k) | {exit_rule(row)} "
             f"| {100 * row['accuracy']:.2f} | {100 * row['final_accuracy']:.2f} | {row['average_exit_layer']:.2f} "
-            f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} |"
+            f"| {row['layer_speedup']:.2f} | {row['flops_speedup']:.2f} | {measured} | {drop_cell(row)} |"
         )
     return "\n".join(lines)
+
+
+def drop_cell(row: dict[str, Any]) -> str:
+    """The accuracy drop against the method's own final head on the evaluation split, with its budget and whether
+    it was kept, e.g. "0.74 (<= 1, kept)"."""
+    if row["max_accuracy_drop"] is None:
+        return f"{row['accuracy_drop']:.2f}"
+    kept = "within" if row["accuracy_drop_within_budget"] else "above"
+    return f"{row['accuracy_drop']:.2f} ({kept} {row['max_accuracy_drop']:g})"
+
+
+def budget_table(certified: list[dict[str, Any]], empirical: list[dict[str, Any]]) -> str:
+    """Empirical against certified thresholds for the same budget, method by method (drops in points)."""
+    first = certified[0]
+    lines = [
+        "| method | budget | empirical: drop | risk (95% low) | FLOPs speed-up "
+        f"| certified (delta = {first['risk_level']:g}, n = {first['calibration_samples']}): bound | drop "
+        "| risk (95% low) | FLOPs speed-up (expected) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for safe, plain in zip(certified, empirical):
+        lines.append(
+            f"| {safe['method']} | {safe['max_accuracy_drop']:g} | {drop_cell(plain)} | {risk_cell(plain)} "
+            f"| {plain['flops_speedup']:.2f} | {safe['certified_bound']:.2f} | {drop_cell(safe)} | {risk_cell(safe)} "
+            f"| {safe['flops_speedup']:.2f} ({safe['calibration_flops_speedup']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def risk_cell(row: dict[str, Any]) -> str:
+    """The risk on the evaluation split with its one-sided 95% lower confidence bound, e.g. "1.48 (0.51)"."""
+    return f"{row['evaluation_risk']:.2f} ({row['evaluation_risk_lower_bound']:.2f})"
 
 
 def measured_cell(row: dict[str, Any]) -> str:
@@ -114,8 +163,18 @@ def compare(output_dir: str | Path, methods: list[str], to_wandb: bool = False) 
         note += (f" Measured: the median over {timed['timed_rounds']} rounds of full-model time / early-exit time on "
                  f"{timed['timed_images']} evaluation images, with the smallest and largest round in brackets; a "
                  "measurement above the layer speed-up is marked broken.")
-    (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
     summary = {"base_accuracy": base_accuracy, "methods": rows}
+    if rows and rows[0]["certified"]:  # scripts/compare_methods.sh with RISK_LEVEL also ran the empirical rule
+        summary["empirical"] = [method_row(method, read_json(output_dir / method / "eval_empirical" /
+                                                             "analysis_results.json")) for method in methods]
+        table += "\n\n" + budget_table(rows, summary["empirical"])
+        note += (" Budget table (points): drop = final head accuracy - early-exit accuracy on the evaluation split; "
+                 "risk = share of evaluation images the early exit gets wrong where the final head is right, with "
+                 "its one-sided 95% lower confidence bound (above the budget only when the split shows the promise "
+                 "broken beyond chance). Certified: with probability >= 1 - delta over the calibration draw, the risk "
+                 "on new images from the same distribution is at most the budget (bound: the chosen setting's upper "
+                 "confidence bound on the n calibration images); its FLOPs speed-up is an estimate, not certified.")
+    (output_dir / "comparison.md").write_text(f"{table}\n\n{note}\n")
     (output_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_tradeoff(curves, output_dir / "comparison.png", reference_accuracy=base_accuracy,
                   reference_label="base model (no exits)", accuracy_floor=base_accuracy - ZOOM_POINTS / 100,

@@ -24,6 +24,23 @@ def accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tenso
     return float(accuracy_score(np.asarray(labels).reshape(-1), np.asarray(logits).argmax(axis=-1)))
 
 
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Expected calibration error of softmax(logits): the average over `bins` equal-width confidence bins of
+    |accuracy - mean confidence|, weighted by the share of rows in each bin (0 for no rows)."""
+    if len(labels) == 0:
+        return 0.0
+    confidence, prediction = torch.softmax(logits.double(), dim=-1).max(dim=-1)
+    correct = (prediction == labels).double()
+    # Bin b holds confidences in (b / bins, (b + 1) / bins]; confidences are > 0, so every row has a bin.
+    which = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    total = 0.0
+    for index in range(bins):
+        members = which == index
+        if members.any():
+            total += float(members.sum()) * abs(float(correct[members].mean() - confidence[members].mean()))
+    return total / len(labels)
+
+
 def exit_metrics(logits: np.ndarray, exit_layers: np.ndarray, labels: np.ndarray, num_blocks: int,
                  profile: FlopsProfile | None = None) -> dict[str, float]:
     """Accuracy and where the samples left the network.

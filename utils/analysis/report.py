@@ -1,9 +1,10 @@
 """The accuracy-speed analysis of an evaluation run (the `AnalysisArguments` of `run_classification.py`).
 
 Before evaluation, `calibrate_to_budget` chooses the exit thresholds on the held-out calibration split
-(`--calibration_split`) for a compute or accuracy budget and writes them into the model config, so the evaluation
-uses them and `save_pretrained` keeps them. After evaluation, `analyse_evaluation` runs the eval set once with every
-exit computed and writes, next to `eval_results.json`:
+(`--calibration_split`) for a compute or accuracy budget (certified with `--risk_level`,
+`utils.analysis.certification`; after optional temperature scaling per exit, `utils.analysis.temperature`) and
+writes them into the model config, so the evaluation uses them and `save_pretrained` keeps them. After evaluation,
+`analyse_evaluation` runs the eval set once with every exit computed and writes, next to `eval_results.json`:
 - `sweep.json`: every criterion's curve (accuracy, average exit layer, layer and FLOPs speed-ups per setting);
 - `analysis_results.json`: what the model's own exit setting gives (the online evaluation's numbers, plus the FLOPs
   speed-up), each exit's accuracy, the FLOPs per part and the heads' parameters, the calibration target, and with
@@ -16,17 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from models.criteria import get_criterion
 from utils.analysis.calibration import Calibration, calibrate, evaluation_report, write_exit_settings
+from utils.analysis.certification import certify, sequence_count, too_small_message
 from utils.analysis.flops import FlopsProfile
 from utils.analysis.plots import log_figures_to_wandb, plot_exit_accuracy, plot_exit_histogram, plot_tradeoff
+from utils.analysis.risk_control import minimum_samples
 from utils.analysis.sweep import CachedLogits, collect_logits, exit_decisions, exit_layers_of, save_sweep, sweep
+from utils.analysis.temperature import scale_exits, temperature_samples
 from utils.analysis.timing import measure_speedup
 from utils.analysis.wandb_tables import log_tradeoff_curves
 from utils.arguments import AnalysisArguments
@@ -35,14 +42,25 @@ from utils.data.image_dataset import ImageDataset, collate_fn
 logger = logging.getLogger(__name__)
 
 
-def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_split: float) -> None:
-    """Refuse, before any training, an analysis the run cannot do."""
+def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_split: float,
+                           calibration_samples: int | None = None, strategy: str | None = None) -> None:
+    """Refuse, before any training, an analysis the run cannot do (with `calibration_samples`, the size of the
+    calibration split, also a certification it is too small for; `strategy` is the model's exit criterion)."""
     if args.analyses and num_exits == 0:
         raise ValueError("Calibration, --sweep and --measure_speedup need a model with exits; this one has none "
                          "(set --num_early_exits and --highway_type, or drop those flags).")
     if args.calibrates and calibration_split <= 0.0:
         raise ValueError("Threshold calibration needs held-out training data: pass --calibration_split (e.g. 0.1), "
                          "the same value every training stage used, so the calibration samples were never trained on.")
+    criterion = args.calibration_strategy or strategy
+    if args.certified_patience and criterion and get_criterion(criterion).rule != "streak":
+        raise ValueError(f"--certified_patience lists patience counts of patient_and_confident; {criterion} "
+                         "certifies no such count (drop the flag, or set --calibration_strategy).")
+    if args.certifies and calibration_samples is not None:
+        samples = calibration_samples - temperature_samples(calibration_samples, args.temperature_split)
+        sequences = sequence_count(criterion, args.certified_patience) if criterion else 1
+        if samples < minimum_samples(args.max_accuracy_drop / 100.0, args.risk_level, sequences):
+            raise ValueError(too_small_message(samples, args.max_accuracy_drop, args.risk_level, sequences))
 
 
 def measured_speedup_is_valid(report: dict[str, Any]) -> bool:
@@ -57,9 +75,11 @@ def measured_speedup_is_valid(report: dict[str, Any]) -> bool:
     return False
 
 
-def cache_logits(model: nn.Module, dataset: ImageDataset, batch_size: int) -> CachedLogits:
-    """Every exit's logits on `dataset`, in one pass."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+def cache_logits(model: nn.Module, dataset: ImageDataset, batch_size: int,
+                 indices: Sequence[int] | None = None) -> CachedLogits:
+    """Every exit's logits on `dataset` (or its rows `indices`), in one pass."""
+    rows = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(rows, batch_size=batch_size, collate_fn=collate_fn)
     return collect_logits(model, ({**batch, "pixel_values": dataset.normalization(batch["pixel_values"])}
                                   for batch in loader))
 
@@ -69,8 +89,21 @@ def calibrate_to_budget(model: nn.Module, dataset: ImageDataset, profile: FlopsP
     """Choose thresholds on `dataset` (the calibration split) and write them into `model.config`."""
     strategy = args.calibration_strategy or model.config.exit_strategy
     cache = cache_logits(model, dataset, batch_size)
-    calibration = calibrate(cache, profile, strategy, target_speedup=args.target_speedup,
-                            max_accuracy_drop=args.max_accuracy_drop, speedup=args.calibration_speedup)
+    fit = None
+    if args.temperature_split > 0.0:
+        cache, fit = scale_exits(model, cache, args.temperature_split,
+                                 lambda indices: cache_logits(model, dataset, batch_size, indices))
+    if args.certifies:
+        own = model.config.exit_settings()
+        calibration = certify(cache, profile, strategy, args.max_accuracy_drop, args.risk_level, risk=args.risk,
+                              bound=args.risk_bound, path=args.threshold_path,
+                              patience_values=args.certified_patience or ([own.patience] if own.strategy == strategy
+                                                                          else None))
+    else:
+        calibration = calibrate(cache, profile, strategy, target_speedup=args.target_speedup,
+                                max_accuracy_drop=args.max_accuracy_drop, speedup=args.calibration_speedup)
+    if fit is not None:
+        calibration = replace(calibration, details={**calibration.details, **fit.as_dict()})
     write_exit_settings(model.config, calibration.settings)
     return calibration
 

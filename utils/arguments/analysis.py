@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from models.criteria import get_criterion
 
+# How `--risk_level` certifies (utils.analysis.certification, utils.analysis.risk_control).
+RISKS = ("accuracy", "consistency")
+RISK_BOUNDS = ("binomial", "hoeffding_bentkus")
+THRESHOLD_PATHS = ("shared", "depth")
+
 
 @dataclass
 class AnalysisArguments:
@@ -22,6 +27,35 @@ class AnalysisArguments:
         default=None,
         metadata={"help": "Calibrate thresholds to the fastest setting losing at most this many accuracy points "
                           "against the final classifier on the --calibration_split samples; saved in the config."},
+    )
+    risk_level: float | None = field(
+        default=None,
+        metadata={"help": "Certify --max_accuracy_drop: with probability >= 1 - risk_level over the calibration draw, "
+                          "new images from the same distribution lose at most that many points (e.g. 0.1)."},
+    )
+    risk: str = field(
+        default="accuracy",
+        metadata={"help": "What --risk_level certifies per image: accuracy (early answer wrong where the final "
+                          "classifier is right) or consistency (early answer differs from the final one; no labels)."},
+    )
+    risk_bound: str = field(
+        default="binomial",
+        metadata={"help": "Bound --risk_level tests with: binomial (exact, Clopper-Pearson) or hoeffding_bentkus."},
+    )
+    threshold_path: str = field(
+        default="shared",
+        metadata={"help": "Certified candidates: shared (one threshold for every exit) or depth (per-exit thresholds "
+                          "along a fixed path, shallower exits stricter)."},
+    )
+    certified_patience: list[int] | None = field(
+        default=None,
+        metadata={"help": "Patience counts certified for patient_and_confident (default: the model's own); several "
+                          "split --risk_level evenly (Bonferroni), so each needs more calibration images."},
+    )
+    temperature_split: float = field(
+        default=0.0,
+        metadata={"help": "Fit one temperature per exit on this fraction of the calibration split (folded into the "
+                          "exit heads) and choose thresholds on the rest; 0 = no temperature scaling."},
     )
     calibration_strategy: str | None = field(
         default=None, metadata={"help": "Exit criterion to calibrate (default: the model's exit_strategy)."}
@@ -55,12 +89,41 @@ class AnalysisArguments:
             raise ValueError(f"--target_speedup={self.target_speedup} must be >= 1 (1 = the full model's cost).")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0.0:
             raise ValueError(f"--max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (accuracy points).")
+        self.check_certification()
         if self.calibration_strategy is not None:
             get_criterion(self.calibration_strategy, field="calibration_strategy")
         if self.calibration_speedup not in ("flops", "layer"):
             raise ValueError(f"--calibration_speedup={self.calibration_speedup!r} must be flops or layer.")
         if self.speed_samples < 1 or self.speed_repeats < 1:
             raise ValueError("--speed_samples and --speed_repeats must be >= 1.")
+
+    def check_certification(self) -> None:
+        """Refuse certification options that are out of range or that nothing would read."""
+        if self.risk_level is not None:
+            if self.max_accuracy_drop is None or self.max_accuracy_drop <= 0.0:
+                raise ValueError("--risk_level certifies an accuracy budget: give --max_accuracy_drop > 0 too.")
+            if not 0.0 < self.risk_level < 1.0:
+                raise ValueError(f"--risk_level={self.risk_level} must lie strictly between 0 and 1, e.g. 0.1.")
+        elif (self.risk, self.risk_bound, self.threshold_path, self.certified_patience) != (
+                "accuracy", "binomial", "shared", None):
+            raise ValueError("--risk, --risk_bound, --threshold_path and --certified_patience choose how --risk_level "
+                             "certifies: give --risk_level (e.g. 0.1) too.")
+        for name, value, allowed in (("risk", self.risk, RISKS), ("risk_bound", self.risk_bound, RISK_BOUNDS),
+                                     ("threshold_path", self.threshold_path, THRESHOLD_PATHS)):
+            if value not in allowed:
+                raise ValueError(f"--{name}={value!r} must be one of {', '.join(allowed)}.")
+        if self.certified_patience is not None and (not self.certified_patience
+                                                    or min(self.certified_patience) < 1):
+            raise ValueError(f"--certified_patience={self.certified_patience} must list whole numbers >= 1.")
+        if not 0.0 <= self.temperature_split < 1.0:
+            raise ValueError(f"--temperature_split={self.temperature_split} must be in [0, 1), e.g. 0.3.")
+        if self.temperature_split > 0.0 and not self.calibrates:
+            raise ValueError("--temperature_split scales the exits before calibrating thresholds: give "
+                             "--max_accuracy_drop or --target_speedup too.")
+
+    @property
+    def certifies(self) -> bool:
+        return self.risk_level is not None
 
     @property
     def calibrates(self) -> bool:

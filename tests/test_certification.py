@@ -1,0 +1,164 @@
+"""Certified exit thresholds: the fixed candidates and their order, exact decisions, the choice and its certificate,
+and the refusal of a calibration split too small to certify the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from analysis_helpers import synthetic_cache, synthetic_profile, tiny_model
+
+from models.criteria import get_criterion
+from models.exit_settings import ExitSettings
+from utils.analysis.calibration import evaluation_report, write_exit_settings
+from utils.analysis.certification import (
+    candidate_sequences,
+    candidate_table,
+    certified_indices,
+    certify,
+    fastest,
+)
+from utils.analysis.report import check_analysis_request
+from utils.analysis.risk_control import critical_errors, upper_confidence_bound
+from utils.analysis.sweep import exit_decisions
+from utils.arguments import AnalysisArguments
+
+CRITERIA = ["entropy", "confidence", "patience", "patient_and_confident"]
+NUM_EXITS = 6
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return synthetic_cache(num_samples=600, num_exits=NUM_EXITS, seed=3)
+
+
+def sequences_of(cache, criterion, path="shared"):
+    return candidate_sequences(criterion, 10, cache.exit_layers, cache.num_blocks, path, patience_values=[1, 2])
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("path", ["shared", "depth"])
+def test_each_sequence_runs_from_no_early_exit_to_the_most_aggressive(cache, criterion, path):
+    profile = synthetic_profile(NUM_EXITS)
+    for sequence in sequences_of(cache, criterion, path):
+        exits = candidate_table(cache, profile, [sequence]).flops
+        assert torch.equal(exits[0], torch.full_like(exits[0], profile.exit_costs()[-1]))  # no image leaves early
+        order = torch.stack([exit_decisions(cache, settings)[1] for settings in sequence])
+        assert (order[1:] <= order[:-1]).all()  # along a sequence, no image ever leaves later
+        if path == "shared" and criterion != "patient_and_confident":
+            assert order[-1].double().mean() < 1.0  # the last one lets nearly every image leave at the first exit
+    # The candidates are fixed by the model's shape alone: other images give the very same candidates.
+    assert sequences_of(cache, criterion, path) == sequences_of(synthetic_cache(50, NUM_EXITS, seed=9), criterion,
+                                                                path)
+
+
+def test_depth_path_is_stricter_at_shallower_exits(cache):
+    for criterion in ("confidence", "entropy"):
+        leaves_below = get_criterion(criterion).leaves_below
+        for settings in sequences_of(cache, criterion, "depth")[0][1:]:
+            values = list(settings.thresholds)
+            assert values == sorted(values, reverse=not leaves_below)
+            assert values[0] != values[-1]
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "confidence", "patient_and_confident"])
+def test_candidate_table_gives_exactly_the_online_decisions(cache, criterion):
+    """The table decides many thresholds at once; it must equal the per-setting decisions (`exit_decisions`, equal
+    to the online early exit), also for thresholds that equal some image's score exactly."""
+    profile = synthetic_profile(NUM_EXITS)
+    scores = get_criterion(criterion).score(cache.exit_logits.reshape(-1, cache.exit_logits.shape[-1]))
+    exact = [ExitSettings(criterion, (value,) * NUM_EXITS, 2) for value in scores[::37].tolist()]
+    sequences = sequences_of(cache, criterion, "depth") + [exact]
+    table = candidate_table(cache, profile, sequences)
+    for index, settings in enumerate(table.settings):
+        logits, exit_index = exit_decisions(cache, settings)
+        assert torch.equal(table.flops[index], profile.flops_at_exits(exit_index))
+        assert torch.equal(table.early_correct[index], logits.argmax(-1) == cache.labels)
+        assert torch.equal(table.agrees[index], logits.argmax(-1) == cache.final_logits.argmax(-1))
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("risk", ["accuracy", "consistency"])
+def test_certified_choice_is_the_fastest_certified_setting(cache, criterion, risk):
+    profile = synthetic_profile(NUM_EXITS)
+    calibration = certify(cache, profile, criterion, 5.0, 0.1, risk=risk, patience_values=[2])
+    details = calibration.details
+    assert details["certified"] and details["calibration_samples"] == 600 and details["risk"] == risk
+    assert details["critical_errors"] == critical_errors(600, 0.05, 0.1)
+    assert details["calibration_errors"] <= details["critical_errors"]
+    assert details["certified_bound"] == pytest.approx(100 * upper_confidence_bound(details["calibration_errors"],
+                                                                                    600, 0.1))
+    assert details["certified_bound"] <= 5.0
+    table = candidate_table(cache, profile, candidate_sequences(criterion, 10, cache.exit_layers, cache.num_blocks,
+                                                                patience_values=[2]))
+    certified = certified_indices(table, 0.05, 0.1, risk)
+    assert len(certified) == details["certified_candidates"] and table.settings[fastest(table, certified)] == \
+        calibration.settings
+    assert calibration.point.average_exit_layer < cache.num_blocks  # a budget of 5 points lets images leave early
+    errors = table.losses(risk)[table.settings.index(calibration.settings)].sum()
+    assert int(errors) == details["calibration_errors"]
+
+
+def test_consistency_needs_no_labels(cache):
+    profile = synthetic_profile(NUM_EXITS)
+    relabelled = type(cache)(cache.exit_logits, cache.final_logits, torch.zeros_like(cache.labels),
+                             cache.exit_layers, cache.num_blocks)
+    with_labels = certify(cache, profile, "confidence", 2.0, 0.1, risk="consistency")
+    without = certify(relabelled, profile, "confidence", 2.0, 0.1, risk="consistency")
+    assert with_labels.settings == without.settings
+    assert certify(relabelled, profile, "confidence", 2.0, 0.1).settings != without.settings
+
+
+def test_the_certificate_reaches_the_report_and_the_config(cache):
+    held_out, evaluation = cache.split(0.5, seed=1)
+    profile = synthetic_profile(NUM_EXITS)
+    calibration = certify(held_out, profile, "patience", 3.0, 0.1)
+    report = evaluation_report(evaluation, profile, calibration.settings, calibration)
+    assert report["target"] == "certified accuracy drop <= 3 points at risk level 0.1"
+    assert report["max_accuracy_drop"] == 3.0 and report["risk_level"] == 0.1
+    assert report["calibration_flops_speedup"] == calibration.point.flops_speedup
+    drop_count = round(report["accuracy_drop"] * report["samples"] / 100)
+    assert report["accuracy_drop_within_budget"] == (100 * drop_count <= 3 * report["samples"])
+    model = tiny_model()  # six exits, as the synthetic cache
+    write_exit_settings(model.config, calibration.settings)
+    assert model.config.exit_settings() == calibration.settings
+
+
+def test_a_split_too_small_to_certify_is_refused(cache):
+    small = cache.select(torch.arange(229))
+    with pytest.raises(ValueError, match=r"229 images, too few .* 1 points at risk level 0.1.*n >= 230"):
+        certify(small, synthetic_profile(NUM_EXITS), "confidence", 1.0, 0.1)
+    assert certify(cache.select(torch.arange(230)), synthetic_profile(NUM_EXITS), "confidence", 1.0, 0.1).met
+    # Two patience counts halve the level of each: 299 images are needed.
+    with pytest.raises(ValueError, match="n >= 299"):
+        certify(cache.select(torch.arange(298)), synthetic_profile(NUM_EXITS), "patient_and_confident", 1.0, 0.1,
+                patience_values=[1, 2])
+
+
+def test_a_split_too_small_is_refused_before_training():
+    args = AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1)
+    with pytest.raises(ValueError, match="153 images, too few.*n >= 230.*--calibration_split"):
+        check_analysis_request(args, num_exits=11, calibration_split=0.1, calibration_samples=153,
+                               strategy="confidence")
+    check_analysis_request(args, num_exits=11, calibration_split=0.2, calibration_samples=306, strategy="confidence")
+    with pytest.raises(ValueError, match="--certified_patience lists patience counts of patient_and_confident"):
+        check_analysis_request(AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, certified_patience=[1, 2]),
+                               num_exits=11, calibration_split=0.2, calibration_samples=306, strategy="confidence")
+    scaled = AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, temperature_split=0.3)
+    with pytest.raises(ValueError, match="214 images, too few"):  # 92 of the 306 fit the temperatures
+        check_analysis_request(scaled, num_exits=11, calibration_split=0.2, calibration_samples=306,
+                               strategy="confidence")
+
+
+def test_certification_options_are_checked():
+    with pytest.raises(ValueError, match="give --max_accuracy_drop > 0 too"):
+        AnalysisArguments(risk_level=0.1)
+    with pytest.raises(ValueError, match="give --max_accuracy_drop > 0 too"):
+        AnalysisArguments(risk_level=0.1, max_accuracy_drop=0.0)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        AnalysisArguments(risk_level=1.0, max_accuracy_drop=1.0)
+    with pytest.raises(ValueError, match="give --risk_level"):
+        AnalysisArguments(max_accuracy_drop=1.0, risk="consistency")
+    with pytest.raises(ValueError, match="--risk_bound='exact' must be one of binomial, hoeffding_bentkus"):
+        AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, risk_bound="exact")
+    with pytest.raises(ValueError, match="--temperature_split scales"):
+        AnalysisArguments(temperature_split=0.3)

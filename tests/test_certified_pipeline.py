@@ -1,0 +1,61 @@
+"""Certified thresholds through run_classification.py: temperatures fitted on one part of the calibration split,
+thresholds certified on the rest, both saved with the model, and the certificate in analysis_results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_helpers import read_json, run_args
+from test_analysis_pipeline import write_config_with_exits
+
+import run_classification
+from models import DeiTHighwayForImageClassification
+from utils.arguments import DataTrainingArguments
+from utils.data.image_dataset import ImageDataset, collate_fn
+from utils.data.loading import load_datasets
+from utils.data.transforms import Normalization, build_transforms, image_normalization
+
+
+@pytest.fixture(scope="module")
+def certified_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train a tiny model with exits, scale its exits and certify a 5-point budget at risk level 0.1."""
+    directory = tmp_path_factory.mktemp("certified")
+    args = run_args(directory / "run", config_name=write_config_with_exits(directory), max_steps=80,
+                    learning_rate=3e-3, per_device_train_batch_size=32, max_train_samples=None,
+                    exit_strategy="confidence", calibration_split=0.2, max_accuracy_drop=5.0, risk_level=0.1,
+                    temperature_split=0.3)
+    run_classification.main(args)
+    return directory / "run"
+
+
+def test_certificate_and_temperatures_are_reported_and_saved(certified_run: Path) -> None:
+    report = read_json(certified_run / "analysis_results.json")
+    config = read_json(certified_run / "config.json")
+    assert report["certified"] and report["target"] == "certified accuracy drop <= 5 points at risk level 0.1"
+    assert config["threshold"] == report["threshold"] and config["exit_strategy"] == report["strategy"] == "confidence"
+    assert report["exit_fit_samples"] == 92 and report["calibration_samples"] == 306 - 92
+    assert report["calibration_errors"] <= report["critical_errors"] and report["certified_bound"] <= 5.0
+    assert len(report["exit_temperatures"]) == len(report["exit_ece_before"]) == len(report["exit_ece_after"]) == 3
+    assert all(temperature != 1.0 for temperature in report["exit_temperatures"])
+    assert isinstance(report["accuracy_drop_within_budget"], bool) and report["max_accuracy_drop"] == 5.0
+
+
+def test_the_saved_model_makes_the_certified_number_of_errors_online(certified_run: Path) -> None:
+    """Independently: the saved model (temperatures folded in, certified thresholds in its config), run with online
+    early exit on the images that certified, errs exactly as often as the certificate says."""
+    report = read_json(certified_run / "analysis_results.json")
+    model = DeiTHighwayForImageClassification.from_pretrained(certified_run).eval()
+    data = load_datasets(DataTrainingArguments(dataset_name="digits", calibration_split=0.2), seed=777)
+    _, eval_transform = build_transforms(model.config.image_size)
+    normalization = Normalization(*image_normalization(str(certified_run)))
+    calibration = ImageDataset(data["calibration"], eval_transform, normalization)
+    certifying = torch.randperm(len(calibration), generator=torch.Generator().manual_seed(0))[92:]
+    batch = collate_fn([calibration[int(i)] for i in certifying])
+    images = normalization(batch["pixel_values"])
+    with torch.no_grad():
+        early = model(images).logits.argmax(-1)
+        final = model(images, early_exit=False).final_logits.argmax(-1)
+    labels = batch["labels"]
+    assert int(((early != labels) & (final == labels)).sum()) == report["calibration_errors"]

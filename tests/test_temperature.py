@@ -1,0 +1,58 @@
+"""Temperature scaling per exit: the fit, its folding into the exit heads, and the calibration error it reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from analysis_helpers import images, tiny_model, tiny_swin
+
+from utils.analysis.metrics import expected_calibration_error
+from utils.analysis.sweep import CachedLogits, collect_logits
+from utils.analysis.temperature import check_folded, fit_exit_temperatures, fit_temperature, fold_temperatures
+
+
+def test_fit_recovers_the_temperature_of_overconfident_logits():
+    generator = torch.Generator().manual_seed(0)
+    logits = 2.0 * torch.randn(20000, 10, generator=generator)
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)  # calibrated logits
+    assert fit_temperature(3.0 * logits, labels) == pytest.approx(3.0, rel=0.05)
+    assert fit_temperature(0.5 * logits, labels) == pytest.approx(0.5, rel=0.05)
+    before = expected_calibration_error(3.0 * logits, labels)
+    after = expected_calibration_error(3.0 * logits / fit_temperature(3.0 * logits, labels), labels)
+    assert after < 0.02 < before
+
+
+def test_expected_calibration_error_by_hand():
+    # Confidence 0.8 on four rows, three of them right: |0.75 - 0.8| = 0.05; two rows at confidence ~1, right: 0.
+    logits = torch.tensor([[0.0, math.log(0.25)]] * 4 + [[50.0, 0.0]] * 2)
+    labels = torch.tensor([0, 0, 0, 1, 0, 0])
+    assert expected_calibration_error(logits, labels) == pytest.approx(4 / 6 * 0.05, abs=1e-9)
+    assert expected_calibration_error(logits[4:], labels[4:]) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("model", [tiny_model(), tiny_model(highway_type="linear"), tiny_model(highway_type="vit"),
+                                   tiny_swin()], ids=["LGViT", "linear", "vit", "swin"])
+def test_folded_temperatures_divide_each_exits_logits(model):
+    pixels = images(12, size=model.config.image_size)
+    labels = torch.arange(12) % 5
+    before = collect_logits(model, [(pixels, labels)])
+    temperatures = [0.5 + index for index in range(model.config.num_exits)]
+    fold_temperatures(model, temperatures)
+    after = collect_logits(model, [(pixels, labels)])
+    check_folded(before, after, temperatures)
+    for index, temperature in enumerate(temperatures):
+        torch.testing.assert_close(after.exit_logits[index], before.exit_logits[index] / temperature)
+    assert torch.equal(after.final_logits, before.final_logits)
+    assert torch.equal(after.exit_logits.argmax(-1), before.exit_logits.argmax(-1))
+    with pytest.raises(RuntimeError, match="did not divide its logits"):
+        check_folded(before, after, [1.0] * model.config.num_exits)
+
+
+def test_exit_temperatures_are_fitted_per_exit():
+    generator = torch.Generator().manual_seed(1)
+    base = 2.0 * torch.randn(3000, 10, generator=generator)
+    labels = torch.multinomial(torch.softmax(base, -1), 1, generator=generator).squeeze(1)
+    cache = CachedLogits(torch.stack([base * 0.5, base * 2.0]), base, labels, (1, 2), 3)
+    assert fit_exit_temperatures(cache) == pytest.approx([0.5, 2.0], rel=0.07)
