@@ -50,8 +50,15 @@ def start(script: str, log: Path, *args: str, **variables: str) -> subprocess.Po
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def finish(process: subprocess.Popen, log: Path) -> str:
-    assert process.wait(timeout=600) == 0, log.read_text()[-4000:]
+def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+    """The launcher's log once it succeeded; a launcher that hangs (e.g. processes waiting on each other) is killed
+    with all its processes, and its log shown."""
+    try:
+        status = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"hung for {timeout} s:\n{log.read_text()[-4000:]}") from None
+    assert status == 0, log.read_text()[-4000:]
     return log.read_text()
 
 

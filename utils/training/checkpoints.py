@@ -108,10 +108,12 @@ def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig
     explicit = training_args.resume_from_checkpoint
     if explicit is not None and str(explicit).lower() in ("true", "false"):
         explicit = str(explicit).lower() == "true" or None
-    output_dir = training_args.output_dir
-    if not training_args.do_train or not os.path.isdir(output_dir):
+    if not training_args.do_train:
         return explicit
-    restarts = restart_count(training_args)
+    restarts = restart_count(training_args)  # a collective: every process asks, before any early return
+    output_dir = training_args.output_dir
+    if not os.path.isdir(output_dir):
+        return explicit
     if restarts > 0:
         last = last_complete_checkpoint(output_dir, training_args.world_size)
         logger.warning("Restart %d of this run after a failure: %s.", restarts,
