@@ -1,5 +1,5 @@
 """Every teacher of the distillation losses is detached: no gradient flows into the final logits, a group's deepest
-exit or the heterogeneous target (README, "every teacher is detached"; models/losses.py and
+exit or the heterogeneous target (docs/development.md, "every teacher detached"; models/losses.py and
 models/feature_distillation.py).
 
 The losses are called directly on leaf tensors that require gradients, so a teacher that was not detached shows

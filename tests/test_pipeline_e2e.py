@@ -60,7 +60,7 @@ def test_every_stage_writes_its_files(stages: dict[str, Path]) -> None:
 
 
 def evaluation_batch(model_dir: Path, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's evaluation samples, transformed here as the README says: resize, centre crop, the saved mean/std."""
+    """The run's evaluation samples, transformed as docs/training.md says: resize, centre crop, the saved mean/std."""
     processor = read_json(model_dir / "preprocessor_config.json")
     transform = T.Compose([T.ToPILImage(), T.Resize(16), T.CenterCrop(16), T.ToTensor(),
                            T.Normalize(processor["image_mean"], processor["image_std"])])
