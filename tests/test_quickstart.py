@@ -100,3 +100,19 @@ def test_printed_table_and_exits_per_layer(quickstart) -> None:
     assert re.search(r"\s12\.00\s+1\.00\s", full_depth)  # never exits: every sample runs all 12 layers
     (exits_line,) = [line for line in lines if line.startswith("Exits per layer (LGViT): ")]
     assert ast.literal_eval(exits_line.split(": ", 1)[1]) == results["lgvit_exit_counts"]
+
+
+def test_the_readme_shows_the_printed_table_with_plausible_numbers(quickstart) -> None:
+    """README.md's quickstart table keeps the shape the quickstart prints, and numbers a full run can give."""
+    _, printed = quickstart
+    block = (ROOT / "README.md").read_text().split("```\nQuickstart results", 1)[1].split("```", 1)[0]
+    lines = [line for line in ("Quickstart results" + block).splitlines() if line.strip()]
+    assert lines[0] in printed  # the same title line
+    assert lines[1].split() == ["model", "accuracy", "avg", "exit", "layer", "speed-up:", "layers", "FLOPs"]
+    for line, label in zip(lines[2:6], ROW_LABELS):
+        assert line.startswith(label), line
+        accuracy, average, layers, flops = (float(value) for value in line[len(label):].split())
+        assert 0.8 <= accuracy <= 1.0 and 4.0 <= average <= 12.0 and layers == pytest.approx(12 / average, abs=6e-3)
+        assert 0.0 < flops <= layers
+    counts = ast.literal_eval(lines[6].split(": ", 1)[1])
+    assert lines[6].startswith("Exits per layer (LGViT): ") and sum(counts.values()) == 270
