@@ -11,6 +11,7 @@ from models import (
     SwinHighwayForImageClassification,
 )
 from utils.analysis.flops import FlopsProfile
+from utils.analysis.risk_simulation import synthetic_logits
 from utils.analysis.sweep import CachedLogits
 
 # 6 layers of width 32 on 16x16 images with 4x4 patches; an exit after every block, including the last one, so that
@@ -52,14 +53,8 @@ def spread_confidence_thresholds(model: DeiTHighwayForImageClassification, pixel
 
 def synthetic_cache(num_samples: int = 600, num_exits: int = 6, num_classes: int = 10, seed: int = 0
                     ) -> CachedLogits:
-    """Logits whose signal grows with depth: later exits are more accurate and more confident."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, num_classes, (num_samples,), generator=generator)
-    one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
-    strengths = torch.linspace(0.5, 3.0, num_exits + 1)
-    logits = torch.stack([strength * one_hot + torch.randn(num_samples, num_classes, generator=generator)
-                          for strength in strengths])
-    return CachedLogits(logits[:-1], logits[-1], labels, tuple(range(1, num_exits + 1)), num_exits + 1)
+    """Logits whose signal grows with depth (strengths 0.5 to 3.0): later exits are more accurate and confident."""
+    return synthetic_logits(num_samples, num_exits, num_classes, seed, strengths=(0.5, 3.0))
 
 
 def synthetic_profile(num_exits: int = 6) -> FlopsProfile:

@@ -74,8 +74,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def median_first_exit_confidence(model_dir: Path, eval_samples: int) -> float:
-    """A confidence threshold at which about half the eval samples leave at the first exit, the rest later."""
+def full_depth_pass(model_dir: Path, eval_samples: int) -> tuple[Any, torch.Tensor, DeiTHighwayForImageClassification]:
+    """One pass with every exit over the run's first `eval_samples` evaluation digits: the outputs, the labels and
+    the model."""
     model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
     data = load_datasets(DataTrainingArguments(dataset_name="digits", max_eval_samples=eval_samples), seed=777)
     _, eval_transform = build_transforms(model.config.image_size)
@@ -83,5 +84,11 @@ def median_first_exit_confidence(model_dir: Path, eval_samples: int) -> float:
     dataset = ImageDataset(data["validation"], eval_transform, normalization)
     batch = collate_fn([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        first_exit = model(normalization(batch["pixel_values"]), early_exit=False).exit_logits[0]
+        outputs = model(normalization(batch["pixel_values"]), early_exit=False)
+    return outputs, batch["labels"], model
+
+
+def median_first_exit_confidence(model_dir: Path, eval_samples: int) -> float:
+    """A confidence threshold at which about half the eval samples leave at the first exit, the rest later."""
+    first_exit = full_depth_pass(model_dir, eval_samples)[0].exit_logits[0]
     return float(first_exit.softmax(-1).max(-1).values.median())

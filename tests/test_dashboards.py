@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from pipeline_helpers import NUM_LAYERS, read_json, run_args, write_tiny_config
+from pipeline_helpers import NUM_LAYERS, full_depth_pass, read_json, run_args, write_tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb_records import offline_runs
 
@@ -26,10 +26,6 @@ from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 from models.loss_terms import LossTerm, classifier_names
 from models.losses import prediction_distillation
 from utils.analysis import compare_methods, dashboard_figure
-from utils.arguments import DataTrainingArguments
-from utils.data.image_dataset import ImageDataset, collate_fn
-from utils.data.loading import load_datasets
-from utils.data.transforms import Normalization, build_transforms, image_normalization
 from utils.training.loss_window import LossWindow
 from utils.training.wandb_run import METHODS_DIR, method_label
 
@@ -201,17 +197,10 @@ def test_stage1_weights_average_the_alternating_micro_batches(runs: Path) -> Non
 
 def offline_exit_accuracies(model_dir: Path) -> dict[str, float]:
     """Each classifier's accuracy on the run's evaluation images, from one pass with every exit, here."""
-    model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
-    data = load_datasets(DataTrainingArguments(dataset_name="digits", max_eval_samples=EVAL_SAMPLES), seed=777)
-    _, eval_transform = build_transforms(model.config.image_size)
-    normalization = Normalization(*image_normalization(str(model_dir)))
-    dataset = ImageDataset(data["validation"], eval_transform, normalization)
-    batch = collate_fn([dataset[i] for i in range(len(dataset))])
-    with torch.no_grad():
-        outputs = model(normalization(batch["pixel_values"]), early_exit=False)
+    outputs, labels, model = full_depth_pass(model_dir, EVAL_SAMPLES)
     classifiers = [*outputs.exit_logits, outputs.final_logits]
     names = classifier_names(model.config.exit_positions(), model.config.num_blocks)
-    return {f"eval_accuracy_{name}": (logits.argmax(-1) == batch["labels"]).double().mean().item()
+    return {f"eval_accuracy_{name}": (logits.argmax(-1) == labels).double().mean().item()
             for name, logits in zip(names, classifiers)}
 
 

@@ -172,21 +172,26 @@ def simulate_with_temperatures(cache: CachedLogits, profile: FlopsProfile, strat
     return outcome("certified (temperature scaled)", range(draws), chosen, max_accuracy_drop)
 
 
-def synthetic_population(num_samples: int, num_exits: int = 11, num_classes: int = 10,
-                         seed: int = 0) -> tuple[CachedLogits, FlopsProfile]:
-    """A synthetic multi-exit model on `num_samples` images: each exit's logits are the label's one-hot vector
-    times a strength growing with depth, plus Gaussian noise (later exits more accurate), the final classifier
-    the strongest; blocks of 100 FLOPs, exit heads of 5."""
+def synthetic_logits(num_samples: int, num_exits: int, num_classes: int, seed: int,
+                     strengths: tuple[float, float]) -> CachedLogits:
+    """Cached logits of a synthetic multi-exit model: each classifier's logits are the label's one-hot vector times
+    a strength growing linearly with depth from `strengths[0]` (first exit) to `strengths[1]` (final classifier),
+    plus Gaussian noise, so later exits are more accurate and more confident. Exits on layers 1..E of E + 1."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (num_samples,), generator=generator)
     one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
-    strengths = torch.linspace(0.8, 4.0, num_exits + 1)
     logits = torch.stack([strength * one_hot + torch.randn(num_samples, num_classes, generator=generator)
-                          for strength in strengths])
-    layers = tuple(range(1, num_exits + 1))
+                          for strength in torch.linspace(*strengths, num_exits + 1)])
+    return CachedLogits(logits[:-1], logits[-1], labels, tuple(range(1, num_exits + 1)), num_exits + 1)
+
+
+def synthetic_population(num_samples: int, num_exits: int = 11, num_classes: int = 10,
+                         seed: int = 0) -> tuple[CachedLogits, FlopsProfile]:
+    """A synthetic multi-exit model on `num_samples` images (`synthetic_logits`, strengths 0.8 to 4.0) with blocks
+    of 100 FLOPs and exit heads of 5."""
     profile = FlopsProfile(embedding=20, blocks=(100,) * (num_exits + 1), exits=(5,) * num_exits, final_head=5,
-                           exit_layers=layers, exit_parameters=(0,) * num_exits)
-    return CachedLogits(logits[:-1], logits[-1], labels, layers, num_exits + 1), profile
+                           exit_layers=tuple(range(1, num_exits + 1)), exit_parameters=(0,) * num_exits)
+    return synthetic_logits(num_samples, num_exits, num_classes, seed, strengths=(0.8, 4.0)), profile
 
 
 def read_population(path: str | Path) -> CachedLogits:
