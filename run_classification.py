@@ -67,6 +67,9 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     config = load_config(model_args, labels)
     check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split,
                            len(dataset["calibration"]) if "calibration" in dataset else None, config.exit_strategy)
+    if training_args.check_only:
+        logger.info("Arguments, data and model configuration checked (--check_only): nothing built or run.")
+        return {}
     checkpoint = resume_checkpoint(training_args, config)
     model = load_model(model_args, config)
     flops = profile_flops(model)

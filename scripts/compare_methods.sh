@@ -40,6 +40,12 @@ _lgvit_compare() {
     local calibration_split="${CALIBRATION_SPLIT:-$([[ "$DATASET" == digits ]] && echo 0.2 || echo 0.1)}"
     local extra=(--calibration_split "$calibration_split" "$@") model
     local budget=(--max_accuracy_drop "${MAX_ACCURACY_DROP:-1.0}")
+    if [[ -n "${RISK_LEVEL:-}" ]]; then  # a calibration split too small to certify stops here, not after training
+        for method in "${names[@]}"; do
+            METHOD="$method" OUTPUT_DIR="$out/$method/stage1" RUN_NAME="${method}_check_$DATA_NAME" \
+                lgvit_stage stage1 "${extra[@]}" "${budget[@]}" --risk_level "$RISK_LEVEL" --check_only True
+        done
+    fi
     OUTPUT_DIR="$out/base" RUN_NAME="base_$DATA_NAME" lgvit_stage base "${extra[@]}"
     for method in "${names[@]}"; do
         METHOD="$method" MODEL_NAME_OR_PATH="$out/base" CONFIG_NAME="" OUTPUT_DIR="$out/$method/stage1" \

@@ -74,21 +74,31 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def digits_split(model_dir: Path, split: str = "validation", **data_fields: Any
+                 ) -> tuple[DeiTHighwayForImageClassification, ImageDataset]:
+    """The saved model and one of the run's digit splits (`data_fields` as the run had them) with its evaluation
+    transforms and normalisation."""
+    model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
+    data = load_datasets(DataTrainingArguments(dataset_name="digits", **data_fields), seed=777)
+    _, eval_transform = build_transforms(model.config.image_size)
+    return model, ImageDataset(data[split], eval_transform, Normalization(*image_normalization(str(model_dir))))
+
+
 def full_depth_pass(model_dir: Path, eval_samples: int) -> tuple[Any, torch.Tensor, DeiTHighwayForImageClassification]:
     """One pass with every exit over the run's first `eval_samples` evaluation digits: the outputs, the labels and
     the model."""
-    model = DeiTHighwayForImageClassification.from_pretrained(model_dir).eval()
-    data = load_datasets(DataTrainingArguments(dataset_name="digits", max_eval_samples=eval_samples), seed=777)
-    _, eval_transform = build_transforms(model.config.image_size)
-    normalization = Normalization(*image_normalization(str(model_dir)))
-    dataset = ImageDataset(data["validation"], eval_transform, normalization)
+    model, dataset = digits_split(model_dir, max_eval_samples=eval_samples)
     batch = collate_fn([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        outputs = model(normalization(batch["pixel_values"]), early_exit=False)
+        outputs = model(dataset.normalization(batch["pixel_values"]), early_exit=False)
     return outputs, batch["labels"], model
 
 
 def median_first_exit_confidence(model_dir: Path, eval_samples: int) -> float:
-    """A confidence threshold at which about half the eval samples leave at the first exit, the rest later."""
+    """A confidence threshold at which about half the eval samples leave at the first exit, the rest later: halfway
+    between the two middle confidences, so that no image sits on the threshold (its last bits may differ with the
+    batch it is computed in)."""
     first_exit = full_depth_pass(model_dir, eval_samples)[0].exit_logits[0]
-    return float(first_exit.softmax(-1).max(-1).values.median())
+    confidences = first_exit.softmax(-1).max(-1).values.sort().values
+    middle = len(confidences) // 2
+    return float((confidences[middle - 1] + confidences[middle]) / 2)

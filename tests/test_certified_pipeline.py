@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import read_json, run_args
+from pipeline_helpers import digits_split, read_json, run_args
 from test_analysis_pipeline import write_config_with_exits
 
 import run_classification
-from models import DeiTHighwayForImageClassification
-from utils.arguments import DataTrainingArguments
-from utils.data.image_dataset import ImageDataset, collate_fn
-from utils.data.loading import load_datasets
-from utils.data.transforms import Normalization, build_transforms, image_normalization
+from utils.data.image_dataset import collate_fn
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +42,23 @@ def test_the_saved_model_makes_the_certified_number_of_errors_online(certified_r
     """Independently: the saved model (temperatures folded in, certified thresholds in its config), run with online
     early exit on the images that certified, errs exactly as often as the certificate says."""
     report = read_json(certified_run / "analysis_results.json")
-    model = DeiTHighwayForImageClassification.from_pretrained(certified_run).eval()
-    data = load_datasets(DataTrainingArguments(dataset_name="digits", calibration_split=0.2), seed=777)
-    _, eval_transform = build_transforms(model.config.image_size)
-    normalization = Normalization(*image_normalization(str(certified_run)))
-    calibration = ImageDataset(data["calibration"], eval_transform, normalization)
+    model, calibration = digits_split(certified_run, "calibration", calibration_split=0.2)
     certifying = torch.randperm(len(calibration), generator=torch.Generator().manual_seed(0))[92:]
     batch = collate_fn([calibration[int(i)] for i in certifying])
-    images = normalization(batch["pixel_values"])
+    images = calibration.normalization(batch["pixel_values"])
     with torch.no_grad():
         early = model(images).logits.argmax(-1)
         final = model(images, early_exit=False).final_logits.argmax(-1)
     labels = batch["labels"]
     assert int(((early != labels) & (final == labels)).sum()) == report["calibration_errors"]
+
+
+def test_check_only_refuses_a_split_too_small_to_certify_and_writes_nothing(tmp_path: Path) -> None:
+    """`--check_only True` stops before any model is built: with an error for 77 calibration digits (one point at
+    risk level 0.1 needs 230), with nothing for 306."""
+    config = write_config_with_exits(tmp_path)
+    budget = {"config_name": config, "max_accuracy_drop": 1.0, "risk_level": 0.1, "check_only": True}
+    with pytest.raises(ValueError, match="The calibration split has 77 images, too few to certify"):
+        run_classification.main(run_args(tmp_path / "small", calibration_split=0.05, **budget))
+    assert run_classification.main(run_args(tmp_path / "large", calibration_split=0.2, **budget)) == {}
+    assert not (tmp_path / "small").exists() and not (tmp_path / "large").exists()

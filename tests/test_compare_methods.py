@@ -91,3 +91,15 @@ def test_an_unknown_method_stops_before_any_training(tmp_path: Path) -> None:
                           METHODS="sdn pabe")
     assert finished.returncode == 2 and "No preset for method 'pabe'" in finished.stderr
     assert not (tmp_path / "out" / "base").exists()
+
+
+def test_a_split_too_small_to_certify_stops_before_any_training(tmp_path: Path) -> None:
+    """77 calibration digits (CALIBRATION_SPLIT 0.05) cannot certify one point at risk level 0.1 (that needs 230):
+    the script says so before the base model trains, with the fix."""
+    finished = run_script(f"bash {ROOT}/scripts/compare_methods.sh {TINY_RUN}", tmp_path,
+                          OUTPUT_DIR=str(tmp_path / "out"), METHODS="sdn lgvit", RISK_LEVEL="0.1",
+                          CALIBRATION_SPLIT="0.05")
+    assert finished.returncode != 0
+    assert "The calibration split has 77 images, too few to certify" in finished.stderr + finished.stdout
+    assert "--calibration_split" in finished.stderr + finished.stdout
+    assert not (tmp_path / "out" / "base").exists() and not list((tmp_path / "out").rglob("*.safetensors"))

@@ -34,6 +34,7 @@ class TrainingArguments(HfTrainingArguments):
       steps from the number of processes;
     - `dataloader_num_workers` defaults to a count from the CPU cores (`utils.arguments.workers`), and workers are
       persistent by default (the per-epoch augmentation seeds reach them through shared memory);
+    - `check_only` stops a run once its arguments, data splits and model configuration are checked;
     - without an accelerator, memory is not pinned and `use_cpu` is on (CPU mixed precision and CPU distributed
       runs need it: otherwise accelerate starts the process group but not distributed mode, and each rank evaluates
       its shard with nothing gathered).
@@ -63,6 +64,12 @@ class TrainingArguments(HfTrainingArguments):
     )
     dataloader_persistent_workers: bool | None = field(
         default=None, metadata={"help": "Keep loader workers alive between epochs (default: on when there are any)."}
+    )
+    check_only: bool = field(
+        default=False,
+        metadata={"help": "Check the arguments, the data splits and the model configuration against what the run "
+                          "asks (e.g. a calibration split too small to certify the budget), then stop: no model is "
+                          "built and nothing is written."},
     )
 
     def __post_init__(self) -> None:
