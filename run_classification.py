@@ -21,12 +21,21 @@ import logging
 import sys
 from typing import Any
 
+import torch
+from accelerate.utils import broadcast_object_list
 from datasets import DatasetDict
 from transformers import PreTrainedModel, set_seed
 
+from utils.analysis.calibration import Calibration
 from utils.analysis.flops import FlopsProfile, profile_flops
 from utils.analysis.metrics import build_compute_metrics
-from utils.analysis.report import analyse_evaluation, calibrate_to_budget, check_analysis_request
+from utils.analysis.report import (
+    ModelRuns,
+    analyse_evaluation,
+    apply_calibration,
+    calibrate_to_budget,
+    check_analysis_request,
+)
 from utils.arguments import (
     AnalysisArguments,
     DataTrainingArguments,
@@ -47,6 +56,7 @@ from utils.data.transforms import (
 from utils.training.checkpoints import resume_checkpoint
 from utils.training.logging_setup import configure_wandb, setup_logging
 from utils.training.model_setup import check_label_count, load_config, load_model
+from utils.training.requeue import REQUEUE_EXIT_CODE
 from utils.training.trainer import ExitTrainer
 from utils.training.wandb_run import run_labels, wandb_run
 
@@ -87,17 +97,32 @@ def run_stage(trainer: ExitTrainer, image_datasets: dict[str, ImageDataset], flo
     if training_args.do_train:
         train(trainer, checkpoint)
     calibration = None
-    if analysis_args.calibrates:  # every rank calibrates alike, so every rank evaluates with the same thresholds
-        calibration = calibrate_to_budget(trainer.model, image_datasets["calibration"], flops, analysis_args,
-                                          training_args.per_device_eval_batch_size)
+    if analysis_args.calibrates:
+        calibration = calibrate_once(trainer, image_datasets["calibration"], flops, analysis_args)
         trainer.save_model()  # the config now holds the calibrated thresholds
     if not training_args.do_eval:
         return {}
     metrics = evaluate(trainer)
     if analysis_args.analyses and trainer.is_world_process_zero():
         analyse_evaluation(trainer.model, image_datasets["validation"], flops, analysis_args,
-                           training_args.per_device_eval_batch_size, training_args.output_dir, calibration)
+                           ModelRuns.of_trainer(trainer), training_args.output_dir, calibration, training_args.seed)
     return metrics
+
+
+def calibrate_once(trainer: ExitTrainer, dataset: ImageDataset, flops: FlopsProfile,
+                   analysis_args: AnalysisArguments) -> Calibration:
+    """Calibrate on the main process, in the evaluation's precision; the other processes receive the result and
+    apply it, so every process evaluates with the same thresholds (and exit temperatures)."""
+    accelerator = trainer.accelerator
+    calibration = None
+    if accelerator.is_main_process:
+        calibration = calibrate_to_budget(trainer.model, dataset, flops, analysis_args, ModelRuns.of_trainer(trainer))
+    if accelerator.num_processes > 1:
+        calibration = broadcast_object_list([calibration])[0]
+        if not accelerator.is_main_process:
+            apply_calibration(trainer.model, calibration)
+            logger.info("Calibrated thresholds received from the main process.")
+    return calibration
 
 
 def log_run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
@@ -111,6 +136,8 @@ def log_run(model_args: ModelArguments, data_args: DataTrainingArguments, traini
         logger.info("Precision %s: %s.", training_args.precision_choice.name, training_args.precision_choice.reason)
     if training_args.batch_split is not None and training_args.do_train:
         logger.info("Batch: %s.", training_args.batch_split.describe())
+        if training_args.batch_split.statistics_note() is not None:
+            logger.info("Note: %s.", training_args.batch_split.statistics_note())
     logger.info("Data loading: %d worker process(es) per training process%s.", training_args.dataloader_num_workers,
                 ", persistent" if training_args.dataloader_persistent_workers else "")
 
@@ -155,8 +182,16 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
 
 
 def train(trainer: ExitTrainer, checkpoint: str | bool | None) -> None:
-    """Train (resuming from `checkpoint` if given), then save the model, the metrics and the Trainer state."""
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    """Train (resuming from `checkpoint` if given), then save the model, the metrics and the Trainer state. A run
+    stopped by SIGUSR1/SIGTERM exits with REQUEUE_EXIT_CODE once its checkpoint is saved (utils.training.requeue)."""
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        trainer.stop_on_signal.restore()
+    if trainer.stop_on_signal.stopped:
+        logger.warning("Training stopped on a signal at step %d; run the same command again to resume it.",
+                       trainer.state.global_step)
+        sys.exit(REQUEUE_EXIT_CODE)
     train_result.metrics["train_samples"] = len(trainer.train_dataset)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
@@ -173,5 +208,14 @@ def evaluate(trainer: ExitTrainer) -> dict[str, float]:
     return metrics
 
 
+def leave_process_group() -> None:
+    """End a distributed run cleanly: once every process is done (a process that exits while another still
+    writes the final model can abort on its open connections), leave the process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])
+    leave_process_group()

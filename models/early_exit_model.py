@@ -35,11 +35,15 @@ class EarlyExitMixin:
       (`early_exit=False`);
     - training mode: every exit is computed and the configured strategy gives the loss; with a frozen backbone
       (stage 2) the backbone and final classifier run under no_grad, in eval mode, and only the heads learn.
-    The alternation counter of `alternating*` strategies is the buffer `training_forwards`, saved with checkpoints so
-    a resumed run alternates exactly like an uninterrupted one.
+    The `alternating*` strategies train the final classifier alone when `alternation_phase` is 0 and the exits when
+    it is 1. The phase is a Python int, so choosing the loss never reads the device. Each training forward flips it
+    (the original's per-forward counter); the Trainer instead pins it to the optimizer step before every
+    micro-batch (`utils.training.alternation`), so gradient accumulation and the process count leave the recipe
+    unchanged and a resumed run keeps its phase.
     """
 
     exits: nn.ModuleList
+    alternation_phase: int = 0
 
     def exit_after_layer(self) -> dict[int, int]:
         """0-based block index -> exit index."""
@@ -101,7 +105,6 @@ class EarlyExitMixin:
             config = cls.config_class.from_dict(original_config, **fields)
         model = cls(config)
         weights = convert_state_dict(state_dict, config)
-        weights.setdefault("training_forwards", model.training_forwards)
         own = model.state_dict()
         mismatched = [name for name, tensor in weights.items() if name in own and tensor.shape != own[name].shape]
         if mismatched and not ignore_mismatched_sizes:
@@ -140,8 +143,8 @@ class EarlyExitMixin:
                         fields["num_labels"])
             weights = {name: tensor for name, tensor in weights.items() if "classifier." not in name}
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        unmapped = [name for name in missing if not name.startswith(("exits.", "training_forwards", "classifier.",
-                                                                     "cls_classifier.", "distillation_classifier."))]
+        unmapped = [name for name in missing if not name.startswith(("exits.", "classifier.", "cls_classifier.",
+                                                                     "distillation_classifier."))]
         if unexpected or unmapped:
             raise ValueError(f"timm weights do not map onto {cls.__name__}: missing {unmapped}, unexpected "
                              f"{unexpected}.")
@@ -236,10 +239,13 @@ class EarlyExitMixin:
                            head_specs=self.config.head_specs(), teacher_tokens=tokens, grid=grid)
 
     def training_loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> LossTerms:
-        """The configured strategy's loss as its named terms; advances the alternation counter."""
+        """The configured strategy's loss as its named terms; an alternating strategy flips the alternation phase
+        (the others never read it, so a compiled step of theirs needs one graph, not one per phase)."""
         config = self.config
-        step = int(self.training_forwards)
-        self.training_forwards += 1
+        phase = 0
+        if config.train_strategy.startswith("alternating") and not config.frozen_backbone:
+            phase = self.alternation_phase
+            self.alternation_phase = 1 - phase
         if not outputs.exit_logits:
             terms = LossTerms()
             terms.add(outputs.classifier_names()[-1], F.cross_entropy(outputs.final_logits.float(), labels), 1.0)
@@ -249,7 +255,7 @@ class EarlyExitMixin:
         # Every term in float32, whatever precision the forward ran in: autocast would run the feature terms'
         # matrix products in half precision again.
         with torch.autocast(outputs.final_logits.device.type, enabled=False):
-            return table[config.train_strategy](outputs.float(), labels, settings, step)
+            return table[config.train_strategy](outputs.float(), labels, settings, phase)
 
 
 def _batch_dynamic(compiled: SegmentRun) -> SegmentRun:

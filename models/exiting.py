@@ -113,7 +113,8 @@ def decide_from_logits(settings: ExitSettings, exit_logits: Sequence[torch.Tenso
     for index, (logits, layer) in enumerate(zip(exit_logits, exit_layers)):
         leaving, state = criterion.step(logits, settings.thresholds[index], settings.patience, state)
         leaving = leaving & ~done
-        logits_out[leaving] = logits[leaving]
-        exit_layer[leaving] = layer
+        # `where`, not boolean indexing: the host never waits for the device to count the rows that leave.
+        logits_out = torch.where(leaving[:, None], logits.to(logits_out.dtype), logits_out)
+        exit_layer = torch.where(leaving, layer, exit_layer)
         done |= leaving
     return ExitDecisions(logits_out, exit_layer)

@@ -70,6 +70,7 @@ class LossSettings:
     temperature: float = 2.0
 
 
+# (outputs, labels, settings, alternation phase: 0 or 1, read by the alternating strategies only) -> terms
 LossFunction = Callable[[ExitOutputs, torch.Tensor, LossSettings, int], LossTerms]
 
 
@@ -108,23 +109,23 @@ def normal_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettin
 def weighted_loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> LossTerms:
     """Cross-entropies weighted by the 1-based layer of their classifier (the final one weighs num_blocks).
 
-    When every layer has an exit, the final classifier is left out, as in the original.
+    When every layer has an exit, the final classifier weighs 0, as the original leaves it out (its term keeps it in
+    the graph, so distributed training sees no unused parameter).
     """
     with_final = len(outputs.exit_layers) != outputs.num_blocks
     total = sum(outputs.exit_layers) + (outputs.num_blocks if with_final else 0)
     terms = LossTerms()
     _add_exit_ces(terms, outputs, labels, [layer / total for layer in outputs.exit_layers])
-    if with_final:
-        _add_final_ce(terms, outputs, labels, outputs.num_blocks / total)
+    _add_final_ce(terms, outputs, labels, outputs.num_blocks / total if with_final else 0.0)
     return terms
 
 
 def _alternate(exit_loss: LossFunction) -> LossFunction:
-    """Even training steps train the final classifier only; odd steps use `exit_loss`."""
+    """Phase 0 (even optimizer steps) trains the final classifier only; phase 1 uses `exit_loss`."""
 
-    def loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, step: int) -> LossTerms:
-        if step % 2:
-            return exit_loss(outputs, labels, settings, step)
+    def loss(outputs: ExitOutputs, labels: torch.Tensor, settings: LossSettings, phase: int) -> LossTerms:
+        if phase % 2:
+            return exit_loss(outputs, labels, settings, phase)
         terms = LossTerms()
         # The exits' terms weigh 0: they keep every head in the graph, so distributed training sees no unused
         # parameter, and the logs still show how the heads do on the steps that do not train them.

@@ -33,6 +33,8 @@ class DeiTHighwayPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Checkpoints saved before the alternation phase left the state dict hold its old counter; it is not needed.
+    _keys_to_ignore_on_load_unexpected = [r"^training_forwards$"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -44,8 +46,6 @@ class DeiTHighwayPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if isinstance(module, DeiTEmbeddings):
                 init.trunc_normal_(module.distillation_token, mean=0.0, std=std)
-        if isinstance(module, EarlyExitMixin):
-            init.zeros_(module.training_forwards)
 
 
 class DeiTHighwayForImageClassification(EarlyExitMixin, DeiTHighwayPreTrainedModel):
@@ -72,7 +72,6 @@ class DeiTHighwayForImageClassification(EarlyExitMixin, DeiTHighwayPreTrainedMod
                             config.layer_norm_eps)
             for spec, layout in zip(config.head_specs(), config.exit_token_layouts())
         )
-        self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
         self.post_init()
         self.apply_freezing()
 

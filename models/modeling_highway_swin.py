@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import SwinModel
-from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.swin.modeling_swin import SwinPreTrainedModel
 
@@ -24,13 +23,8 @@ class SwinHighwayPreTrainedModel(SwinPreTrainedModel):
 
     config: SwinHighwayConfig
     config_class = SwinHighwayConfig
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """Swin's init for the backbone and generic init for the heads; the alternation counter starts at 0."""
-        super()._init_weights(module)
-        if isinstance(module, EarlyExitMixin):
-            init.zeros_(module.training_forwards)
+    # Checkpoints saved before the alternation phase left the state dict hold its old counter; it is not needed.
+    _keys_to_ignore_on_load_unexpected = [r"^training_forwards$"]
 
 
 class SwinHighwayForImageClassification(EarlyExitMixin, SwinHighwayPreTrainedModel):
@@ -57,7 +51,6 @@ class SwinHighwayForImageClassification(EarlyExitMixin, SwinHighwayPreTrainedMod
         # Global block index -> (stage, block within the stage).
         self.block_index = [(stage, block) for stage, depth in enumerate(config.depths) for block in range(depth)]
         self.grids = config.stage_grids()
-        self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
         self.post_init()
         self.apply_freezing()
 

@@ -23,7 +23,8 @@ fi
 # SLURM's variables. MAX_RESTARTS > 0 restarts the whole group after a failure, resuming from the last checkpoint
 # (on several nodes through torchrun's c10d rendezvous at MASTER_ADDR:MASTER_PORT, named RDZV_ID).
 # PRECISION (auto, bf16, fp16, fp32), GLOBAL_BATCH_SIZE and NUM_WORKERS change the presets' precision, global batch
-# and loader workers; `python -m utils.training.launch_plan` prints what they come to before anything runs.
+# and loader workers; COMPILE=1 compiles the training step (torch.compile, the Trainer's --torch_compile);
+# `python -m utils.training.launch_plan` prints what they come to before anything runs.
 # DRY_RUN=1 prints the plan and the command without running it.
 GPUS_PER_NODE="${GPUS_PER_NODE:-${NUM_GPUS:-}}"
 NNODES="${NNODES:-1}"
@@ -55,6 +56,31 @@ launch_command() {  # launch_command <processes per node>: sets LAUNCH, the comm
     else
         LAUNCH=("$PYTHON")
     fi
+}
+
+# SIGUSR1 or SIGTERM (a cluster's warning before a time limit or a pre-emption; Ctrl-C too) stops training at the
+# next optimizer step end with a checkpoint, and the stage exits with REQUEUE_EXIT_CODE: run the same command again
+# to resume (utils/training/requeue.py).
+REQUEUE_EXIT_CODE=75
+
+run_requeueable() {  # run_requeueable <command...>: run it, passing SIGUSR1/SIGTERM/SIGINT on to it as SIGTERM
+    # In the background with `wait`: bash runs no trap while a foreground command runs. torchrun passes SIGTERM on
+    # to its workers. A command that fails after a signal was passed on returns REQUEUE_EXIT_CODE (torchrun itself
+    # exits 1 on a signal whatever its workers return); one that succeeds (training had ended) returns 0.
+    local child="" signalled="" status
+    # Passed on once: a second SIGTERM would cut torchrun's wait for its workers short.
+    trap 'if [[ -z "$signalled" && -n "$child" ]]; then kill -TERM "$child" 2>/dev/null || true; fi; signalled=1' \
+        USR1 TERM INT
+    "$@" &
+    child=$!
+    if [[ -n "$signalled" ]]; then kill -TERM "$child" 2>/dev/null || true; fi   # a signal before it started
+    while true; do
+        wait "$child" && status=0 || status=$?
+        kill -0 "$child" 2>/dev/null || break   # still running: `wait` was cut short by a signal
+    done
+    trap - USR1 TERM INT
+    if [[ -n "$signalled" && "$status" -ne 0 ]]; then return "$REQUEUE_EXIT_CODE"; fi
+    return "$status"
 }
 
 # wandb by default (offline when no API key is configured); REPORT_TO=none turns it off.
@@ -166,7 +192,7 @@ lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py 
     local pair variable flag pairs=(LR:learning_rate BATCH_SIZE:per_device_train_batch_size
                                     GLOBAL_BATCH_SIZE:global_batch_size EVAL_BATCH_SIZE:per_device_eval_batch_size
                                     EPOCHS:num_train_epochs SEED:seed PRECISION:precision
-                                    NUM_WORKERS:dataloader_num_workers)
+                                    NUM_WORKERS:dataloader_num_workers COMPILE:torch_compile)
     [[ "$stage" == stage1 ]] && pairs+=(HIGHWAY_TYPE:highway_type NUM_EARLY_EXITS:num_early_exits
                                         POSITION_EXITS:position_exits)
     [[ "$stage" == stage1 || "$stage" == stage2 ]] && pairs+=(TRAIN_STRATEGY:train_strategy
@@ -185,5 +211,5 @@ lgvit_stage() {  # lgvit_stage <base|stage1|stage2|eval> [run_classification.py 
         echo "${LAUNCH[*]} $RUN ${presets[*]} ${args[*]} $*"
         return 0
     fi
-    "${LAUNCH[@]}" "$RUN" "${presets[@]}" "${args[@]}" "$@"
+    run_requeueable "${LAUNCH[@]}" "$RUN" "${presets[@]}" "${args[@]}" "$@"
 }

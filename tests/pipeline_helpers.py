@@ -28,9 +28,10 @@ TINY_CONFIG = {
 NUM_LAYERS = TINY_CONFIG["num_hidden_layers"]
 
 
-def write_tiny_config(directory: Path) -> str:
+def write_tiny_config(directory: Path, **changes: Any) -> str:
+    """The tiny DeiT config (with `changes`) as a file in `directory`; returns its path."""
     path = directory / "tiny_deit.json"
-    path.write_text(json.dumps(TINY_CONFIG))
+    path.write_text(json.dumps({**TINY_CONFIG, **changes}))
     return str(path)
 
 

@@ -2,7 +2,7 @@
 train and evaluate exactly as one two-process run of the same global batch; a worker killed mid-run under
 MAX_RESTARTS restarts the group, which resumes from its last checkpoint (even in a stage whose presets start over)
 and ends with the weights and log of an uninterrupted run; and the SLURM example starts one launcher per node with
-SLURM's variables."""
+SLURM's variables, and requeues a job whose launchers stopped with a checkpoint."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pipeline_helpers import median_first_exit_confidence, read_json, run_args, 
 from safetensors.torch import load_file
 
 import run_classification
+from utils.training.requeue import REQUEUE_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--max_train_samples", "64", "--max_eval_samples", "30", "--eval_strategy", "no", "--disable_tqdm", "True",
@@ -168,15 +169,23 @@ def stub(folder: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_the_slurm_example_starts_one_launcher_per_node_from_slurms_variables(tmp_path: Path) -> None:
-    """`sbatch scripts/slurm/train.sbatch <launcher>` as SLURM runs it, with stand-ins for `scontrol` (the node list)
-    and `srun` (the task once per node, in turn, with that node's SLURM_NODEID); the launchers only print."""
-    stub(tmp_path, "scontrol", 'printf "gpu-node-17\\ngpu-node-18\\n"\n')
-    stub(tmp_path, "srun", 'while [[ "$1" == --* ]]; do shift; done\n'
-                           'for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" || exit; done\n')
-    env = environment(PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_NNODES="2", SLURM_JOB_ID="4242",
-                      SLURM_JOB_NODELIST="gpu-node-[17-18]", SLURM_GPUS_ON_NODE="4", DRY_RUN="1")
+def slurm_stand_ins(folder: Path) -> dict[str, str]:
+    """Stand-ins for `scontrol` (the node list; every call logged) and `srun` (its options logged, then the task
+    once per node, in turn, with that node's SLURM_NODEID, stopping at a failing one with its status), and SLURM's
+    variables for a 2-node job 4242 of 4 GPUs and 64 CPUs per node."""
+    stub(folder, "scontrol", f'echo "$*" >> {folder}/scontrol.log\nprintf "gpu-node-17\\ngpu-node-18\\n"\n')
+    stub(folder, "srun", f'echo "$*" >> {folder}/srun.log\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                         'for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" || exit; done\n')
+    env = environment(PATH=f"{folder}:{os.environ['PATH']}", SLURM_NNODES="2", SLURM_JOB_ID="4242",
+                      SLURM_JOB_NODELIST="gpu-node-[17-18]", SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="64")
     del env["GLOBAL_BATCH_SIZE"], env["BATCH_SIZE"]  # the presets' 192 and 64
+    return env
+
+
+def test_the_slurm_example_starts_one_launcher_per_node_from_slurms_variables(tmp_path: Path) -> None:
+    """`sbatch scripts/slurm/train.sbatch <launcher>` as SLURM runs it, with stand-ins for `scontrol` and `srun`; the
+    launchers only print. srun passes the task's CPUs on, and the rendezvous port comes from the job id."""
+    env = {**slurm_stand_ins(tmp_path), "DRY_RUN": "1"}
     finished = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "train.sbatch"),
                                "scripts/train_baseline_deit.sh", "--max_steps", "1"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
@@ -184,6 +193,26 @@ def test_the_slurm_example_starts_one_launcher_per_node_from_slurms_variables(tm
     commands = [line.split() for line in finished.stdout.splitlines() if "torch.distributed.run" in line]
     assert len(commands) == 2
     for rank, command in enumerate(commands):
-        for flag in ("--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-node-17", "--nproc_per_node=4"):
+        for flag in ("--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-node-17", "--master_port=19242",
+                     "--nproc_per_node=4"):
             assert flag in command, (flag, command)
     assert "global batch 192 = 8 process(es) x 24 per device" in finished.stderr
+    assert (tmp_path / "srun.log").read_text().split()[:3] == ["--ntasks=2", "--ntasks-per-node=1",
+                                                               "--cpus-per-task=64"]
+    assert "requeue" not in (tmp_path / "scontrol.log").read_text()
+    header = (ROOT / "scripts" / "slurm" / "train.sbatch").read_text()
+    assert "#SBATCH --signal=USR1@300\n" in header and "#SBATCH --requeue\n" in header
+
+
+def test_the_slurm_example_requeues_a_job_whose_launcher_stopped_with_a_checkpoint(tmp_path: Path) -> None:
+    """A launcher that exits with the requeue code (training stopped on SIGUSR1 with a checkpoint) has the job
+    requeued; one that fails otherwise does not."""
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text('exit "$LAUNCHER_STATUS"\n')
+    sbatch = ["bash", str(ROOT / "scripts" / "slurm" / "train.sbatch"), str(launcher)]
+    for status, requeued in ((REQUEUE_EXIT_CODE, True), (1, False)):
+        (tmp_path / "scontrol.log").unlink(missing_ok=True)
+        env = {**slurm_stand_ins(tmp_path), "LAUNCHER_STATUS": str(status)}
+        finished = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert finished.returncode == status, finished.stderr
+        assert ("requeue 4242" in (tmp_path / "scontrol.log").read_text().splitlines()) == requeued

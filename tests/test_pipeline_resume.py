@@ -1,4 +1,5 @@
-"""A run that dies mid-training restarts from its last checkpoint and ends exactly like an uninterrupted run."""
+"""A run that dies mid-training restarts from its last checkpoint and ends exactly like an uninterrupted run, whether
+its presets keep an interrupted run (--overwrite_output_dir False) or start a finished one over (True)."""
 
 from __future__ import annotations
 
@@ -31,18 +32,22 @@ def kill_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(ExitTrainer, "training_step", training_step)
 
 
-@pytest.mark.parametrize("how, workers", [("detected in the output dir", 0), ("--resume_from_checkpoint", 0),
-                                          ("detected in the output dir", 2)])
+@pytest.mark.parametrize("how, workers, overwrite", [("detected in the output dir", 0, False),
+                                                     ("--resume_from_checkpoint", 0, False),
+                                                     ("detected in the output dir", 2, True)])
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str,
-                                               workers: int) -> None:
+                                               workers: int, overwrite: bool) -> None:
     """With 2 persistent loader workers too: they keep their copy of the dataset across the epoch boundary at step 4,
-    and still crop and flip as the uninterrupted run does."""
+    and still crop and flip as the uninterrupted run does; that run has --overwrite_output_dir True (as the base and
+    stage-2 presets), and the same command resumes the interrupted run all the same: only a finished run is started
+    over."""
     base = tmp_path / "base"
     run_classification.main(run_args(base, config_name=write_tiny_config(tmp_path), do_eval=False))
     # Stage 1 uses the alternating strategy, whose step counter must survive the restart too. 4 steps per epoch:
     # the kill at step 5 leaves checkpoint-3, in the middle of the first epoch.
     settings = {"max_steps": 7, "save_strategy": "steps", "save_steps": 3, "max_train_samples": 64,
-                "dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0}
+                "dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0,
+                "overwrite_output_dir": overwrite}
 
     straight = run_classification.main(stage1_args(tmp_path / "straight", base, **settings))
 

@@ -26,6 +26,10 @@ def test_the_papers_global_batch_on_any_number_of_processes(processes, per_devic
     assert (split.per_device, split.accumulation) == (per_device, accumulation)
     assert split.per_device * split.accumulation * processes == 192
     assert "192 = " in split.describe()
+    # Batch statistics see the paper's 64 images where the split allows it; otherwise the plan says how many.
+    note = split.statistics_note()
+    assert (note is None) == (per_device == 64)
+    assert note is None or f"see {per_device} images per device; the paper's run: 64" in note
 
 
 @pytest.mark.parametrize("processes", [5, 7, 10])
@@ -80,6 +84,7 @@ def test_a_launcher_prints_its_plan_and_the_torchrun_flags_of_several_nodes() ->
                        NUM_WORKERS="3")
     assert finished.returncode == 0, finished.stderr
     assert "=== batch: global batch 192 = 8 process(es) x 24 per device x 1 accumulation step(s) ===" in finished.stderr
+    assert "see 24 images per device; the paper's run: 64 ===" in finished.stderr
     assert "=== precision: fp32" in finished.stderr and "3 worker process(es)" in finished.stderr
     command = finished.stdout.splitlines()[-1].split()
     for flag in ("--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=10.1.2.3:29999", "--nproc_per_node=4",

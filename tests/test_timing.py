@@ -1,4 +1,4 @@
-"""The measured speed-up (utils.timing) on a clock that counts work instead of seconds.
+"""The measured speed-up (utils.timing) on a clock that counts work instead of seconds, and the images it times.
 
 No assertion here reads wall-clock time. Forward hooks count the work each timed call does: every backbone block
 adds the number of rows it ran on, every exit head a tenth of that; the clock returns the running total. The
@@ -12,7 +12,11 @@ import pytest
 import torch
 from analysis_helpers import images, tiny_model, tiny_swin
 
-from utils.analysis.timing import measure_speedup, median_times, stepwise_round_times
+from utils.analysis.flops import profile_flops
+from utils.analysis.report import ModelRuns, timed_speedup
+from utils.analysis.timing import measure_speedup, median_times, stepwise_round_times, timing_sample
+from utils.arguments import AnalysisArguments
+from utils.data.transforms import Normalization
 
 BLOCK_WORK, HEAD_WORK = 1.0, 0.1
 
@@ -161,11 +165,69 @@ def test_a_measured_speedup_above_the_layer_speedup_is_reported_broken() -> None
     from utils.analysis.compare_methods import measured_cell
     from utils.analysis.report import measured_speedup_is_valid
 
-    report = {"measured_speedup": 3.2, "measured_speedup_range": [3.0, 3.4], "layer_speedup": 3.0,
-              "flops_speedup": 2.9}
+    report = {"measured_speedup": 3.2, "measured_speedup_range": [3.0, 3.4], "layer_speedup": 3.5,
+              "timed_layer_speedup": 3.0, "flops_speedup": 2.9}
     assert not measured_speedup_is_valid(report)
     assert measured_speedup_is_valid({**report, "measured_speedup": 2.8})
     row = {**report, "measured_speedup_valid": False}
-    assert measured_cell(row) == "broken (3.20 > layers 3.00)"
+    assert measured_cell(row) == "broken (3.20 > layers 3.00 of the timed images)"  # not the split's 3.5
     assert measured_cell({**row, "measured_speedup": 2.8, "measured_speedup_valid": True}) == "2.80 (3.00-3.40)"
     assert measured_cell({**row, "measured_speedup": None}) == "-"
+
+
+def test_a_measured_speedup_is_checked_against_the_timed_images_layer_speedup() -> None:
+    from utils.analysis.report import measured_speedup_is_valid
+
+    report = {"measured_speedup": 2.5, "measured_speedup_range": [2.4, 2.6], "layer_speedup": 2.0}
+    assert measured_speedup_is_valid({**report, "timed_layer_speedup": 3.0})
+    assert not measured_speedup_is_valid({**report, "layer_speedup": 3.0, "timed_layer_speedup": 2.0})
+
+
+def test_the_timed_images_are_a_seeded_draw_across_a_split_stored_class_by_class() -> None:
+    """5,000 images of 10 classes stored in class order: the first 1,024 rows would hold classes 0-2 only."""
+    labels = torch.arange(10).repeat_interleave(500)
+    drawn = timing_sample(len(labels), 1024, seed=777)
+    assert len(drawn) == len(set(drawn)) == 1024 and drawn == timing_sample(len(labels), 1024, seed=777)
+    assert drawn != timing_sample(len(labels), 1024, seed=778)
+    counts = torch.bincount(labels[drawn], minlength=10)
+    assert counts.min() >= 60 and counts.max() <= 150, counts  # about 102 of each class
+    assert sorted(timing_sample(7, 1024, seed=1)) == list(range(7))  # a small split is timed whole
+
+
+class ClassOrderedImages(torch.utils.data.Dataset):
+    """32 copies of one image (class 0), then 32 of another (class 1), as uint8 like an `ImageDataset`'s."""
+
+    def __init__(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        self.pixels = torch.cat([first.expand(32, -1, -1, -1), second.expand(32, -1, -1, -1)])
+        self.normalization = Normalization([0.5] * 3, [0.25] * 3)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixels[index], "labels": int(index >= 32)}
+
+
+def test_the_measurement_is_compared_with_the_timed_images_own_speedups() -> None:
+    """The class-0 image leaves at the first exit, the class-1 image at the final classifier: the speed-ups of the
+    eight timed images follow from how many of each were drawn, not from the whole split's (or the first rows')."""
+    model = tiny_model()
+    pair = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    dataset = ClassOrderedImages(*pair)
+    with torch.no_grad():
+        confidence = model(dataset.normalization(pair), early_exit=False).exit_logits[0].softmax(-1).amax(-1)
+    dataset = ClassOrderedImages(*(pair if confidence[0] > confidence[1] else pair.flip(0)))
+    model.config.exit_strategy = "confidence"
+    model.config.threshold = [float(confidence.mean())] + [1.0] * 5  # only the first exit, only the one image
+    args = AnalysisArguments(measure_speedup=True, speed_samples=8, speed_repeats=1)
+    profile = profile_flops(model)
+    report = timed_speedup(model, dataset, profile, args, ModelRuns(4), seed=3)
+    drawn = timing_sample(len(dataset), 8, seed=3)
+    late = sum(index >= 32 for index in drawn)
+    assert 0 < late < 8 and report["timed_images"] == 8 and report["timing_seed"] == 3
+    assert report["timed_layer_speedup"] == pytest.approx(6 * 8 / (8 - late + 6 * late), rel=1e-12)
+    first_exit, every_head = profile.exit_costs()[[0, -1]].tolist()  # the final classifier pays for every head
+    expected_flops = profile.full_model * 8 / ((8 - late) * first_exit + late * every_head)
+    assert report["timed_flops_speedup"] == pytest.approx(expected_flops, rel=1e-9)
+    assert report["measured_over_flops_speedup"] == pytest.approx(report["measured_speedup"] / expected_flops)
+    assert report["measured_speedup_valid"] == (report["measured_speedup"] <= report["timed_layer_speedup"])

@@ -24,7 +24,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 def strategy_loss(model, images, labels, step: int) -> float:
     """The strategy's training loss on a fixed batch, at a fixed alternation step, without changing the model."""
     state = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    model.training_forwards.fill_(step)
+    model.alternation_phase = step % 2
     with torch.no_grad():
         loss = model(images, labels=labels).loss.item()
     for name, buffer in model.named_buffers():

@@ -1,5 +1,5 @@
-"""Wall-clock timing of early exit against the full model: interleaved repetitions, medians, ratios and their
-spread."""
+"""Wall-clock timing of early exit against the full model: which images stand for a split, interleaved repetitions,
+medians, ratios and their spread."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+def timing_sample(num_rows: int, count: int, seed: int) -> list[int]:
+    """`count` row indices (all rows when there are fewer) drawn at random without replacement with `seed`: a split
+    stored class by class would otherwise be timed on its first classes alone, whose exits need not be the split's."""
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    return order[:count].tolist()
 
 
 def full_model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,9 @@ class AnalysisArguments:
     )
     every_exit_accuracy: bool = field(
         default=True,
-        metadata={"help": "Every evaluation also runs every exit on every image (one more pass without early exit) "
-                          "and reports each exit's own accuracy (eval_accuracy_exit_<layer>)."},
+        metadata={"help": "Every evaluation computes every exit on every image (the early exit is decided from those "
+                          "logits, in the same one pass) and reports each exit's own accuracy "
+                          "(eval_accuracy_exit_<layer>); False runs the cheaper per-sample early exit alone."},
     )
     sweep: bool = field(
         default=False,
@@ -77,7 +78,10 @@ class AnalysisArguments:
         default=False,
         metadata={"help": "Also time early exit against the full model on eval images (wall-clock speed-up)."},
     )
-    speed_samples: int = field(default=1024, metadata={"help": "Eval images timed by --measure_speedup (at most)."})
+    speed_samples: int = field(
+        default=1024, metadata={"help": "Eval images timed by --measure_speedup (at most), drawn at random across the "
+                                        "split with --seed."}
+    )
     speed_repeats: int = field(
         default=11, metadata={"help": "Timing rounds of --measure_speedup; the report gives their median and range."}
     )

@@ -34,6 +34,11 @@ class TrainingArguments(HfTrainingArguments):
       steps from the number of processes;
     - `dataloader_num_workers` defaults to a count from the CPU cores (`utils.arguments.workers`), and workers are
       persistent by default (the per-epoch augmentation seeds reach them through shared memory);
+    - the training step never waits for the device: `logging_nan_inf_filter` defaults to False (transformers' filter
+      reads every micro-batch's loss on the host; a NaN or infinite loss then shows in the logged loss instead of
+      being replaced), and `ddp_find_unused_parameters` to False (every trainable parameter gets a gradient at every
+      step, the alternating strategies keeping the exits in the graph with zero-weighted terms, so DDP need not
+      search the graph after each backward);
     - `check_only` stops a run once its arguments, data splits and model configuration are checked;
     - without an accelerator, memory is not pinned and `use_cpu` is on (CPU mixed precision and CPU distributed
       runs need it: otherwise accelerate starts the process group but not distributed mode, and each rank evaluates
@@ -64,6 +69,16 @@ class TrainingArguments(HfTrainingArguments):
     )
     dataloader_persistent_workers: bool | None = field(
         default=None, metadata={"help": "Keep loader workers alive between epochs (default: on when there are any)."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Replace a NaN or infinite micro-batch loss in the logged loss by the running mean; reads "
+                          "every loss on the host, which makes the GPU wait (default: off)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP's search for parameters without a gradient after every backward (default: off; no "
+                          "strategy leaves a trainable parameter unused)."},
     )
     check_only: bool = field(
         default=False,

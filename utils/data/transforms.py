@@ -86,20 +86,29 @@ def reference_transforms(
 
 class Normalization:
     """uint8 images (..., 3, H, W) -> float32 (x / 255 - mean) / std, on the images' own device. Floating-point
-    input is taken to be normalised already and passes unchanged, so model-ready tensors can share the path."""
+    input is taken to be normalised already and passes unchanged, so model-ready tensors can share the path.
+
+    The mean and std go to a device once and are kept there, so a batch costs no copy from the host."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = [float(value) for value in mean]
         self.std = [float(value) for value in std]
+        self.on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.is_floating_point():
             return pixels
         if pixels.dtype != torch.uint8:
             raise TypeError(f"Images must be uint8 (raw pixels) or floating point (normalised), not {pixels.dtype}.")
-        mean = torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=pixels.device).view(-1, 1, 1)
+        if pixels.device not in self.on_device:
+            self.on_device[pixels.device] = tuple(torch.tensor(values).view(-1, 1, 1).to(pixels.device)
+                                                  for values in (self.mean, self.std))
+        mean, std = self.on_device[pixels.device]
         return (pixels.float() / 255.0 - mean) / std
+
+    def __getstate__(self) -> dict:
+        """Loader workers get the values, not the tensors kept on an accelerator."""
+        return {**self.__dict__, "on_device": {}}
 
     def __repr__(self) -> str:
         return f"Normalization(mean={self.mean}, std={self.std})"

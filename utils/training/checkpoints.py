@@ -1,18 +1,23 @@
-"""Where a training run starts, and the rule that a rerun never hands back an old model unnoticed.
+"""Where a training run starts: an interrupted run goes on, and a rerun never hands back an old model unnoticed.
 
-- `--overwrite_output_dir True` (the base and stage-2 presets, as the original scripts): start over; checkpoints of
-  an earlier run in the output dir are removed first (a warning names them), so that none can be mistaken for this
-  run's.
-- An output dir holding checkpoints of an interrupted run of the same settings: resume from the last one (as the
-  original's `--overwrite_output_dir False`), ending exactly like an uninterrupted run.
-- An output dir holding a finished run, or checkpoints of other settings: stop before training and say so.
-- A non-empty output dir without checkpoints: stop before training.
+The output dir's last complete checkpoint (`last_complete_checkpoint`: one a failure cut short is skipped, with a
+warning, and left in place; `utils.training.checkpoint_saving` makes new ones appear only once complete) decides:
+- checkpoints of the same settings, short of the run's last step: the run was interrupted (killed, timed out,
+  requeued); it resumes from that checkpoint when the same command starts again, whatever --overwrite_output_dir
+  says, and ends exactly like an uninterrupted run;
+- a finished run (its last checkpoint at max_steps): started over with `--overwrite_output_dir True` (the base and
+  stage-2 presets, as the original scripts), its checkpoints removed first (a warning names them); without it, the
+  run stops before training and says so. In a requeued SLURM job (SLURM_RESTART_COUNT > 0) it is resumed instead,
+  training no further step: the run finished while the job was being stopped;
+- checkpoints of other settings (`run_differences`): the run stops before training, naming the fix (another
+  --output_dir, or deleting them);
+- no checkpoint: start fresh; a non-empty output dir without any checkpoint is refused unless
+  --overwrite_output_dir.
 An explicit `--resume_from_checkpoint` is taken as given.
 
 After a failure, torchrun restarts the processes (`--max_restarts`, MAX_RESTARTS in the launchers) with
-TORCHELASTIC_RESTART_COUNT > 0 in one process at least: whatever the presets say, the restarted run resumes from its
-last complete checkpoint, which is this run's own (earlier runs' were removed or refused when it started); a
-checkpoint cut short by the failure is skipped with a warning, and left in place.
+TORCHELASTIC_RESTART_COUNT > 0 in one process at least: the restarted run resumes from its last complete
+checkpoint, which is this run's own (earlier runs' were removed or refused when it started).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from typing import Any
 
 import torch
 from transformers import PretrainedConfig
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from utils.arguments import TrainingArguments
+from utils.training.checkpoint_saving import staging_folders
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,10 @@ def last_complete_checkpoint(output_dir: str | Path, processes: int) -> str | No
 
 def remove_earlier_checkpoints(training_args: TrainingArguments) -> None:
     """Before a run that starts over: remove the checkpoint folders an earlier run left in the output dir (on the
-    main process), so that a restart resumes from this run's checkpoints and rotation keeps them."""
+    main process, once every process has looked at them), so that a restart resumes from this run's checkpoints and
+    rotation keeps them."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
     stale = checkpoints_of(training_args.output_dir)
     if stale and training_args.should_save:
         logger.warning("--overwrite_output_dir: removing the checkpoints of an earlier run in %s: %s.",
@@ -103,7 +112,8 @@ def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig
     """The checkpoint to resume training from, or None to start fresh (see the module docstring).
 
     Raises:
-        ValueError: the output dir holds a finished run, checkpoints of other settings, or other files.
+        ValueError: the output dir holds checkpoints of other settings, a finished run (without
+            --overwrite_output_dir), or other files only.
     """
     explicit = training_args.resume_from_checkpoint
     if explicit is not None and str(explicit).lower() in ("true", "false"):
@@ -114,37 +124,65 @@ def resume_checkpoint(training_args: TrainingArguments, config: PretrainedConfig
     output_dir = training_args.output_dir
     if not os.path.isdir(output_dir):
         return explicit
+    last = last_complete_checkpoint(output_dir, training_args.world_size)
     if restarts > 0:
-        last = last_complete_checkpoint(output_dir, training_args.world_size)
         logger.warning("Restart %d of this run after a failure: %s.", restarts,
                        f"resuming from {last}" if last else "no checkpoint was written yet, starting over")
         return last or explicit
-    if training_args.overwrite_output_dir:
-        if explicit is None:
-            remove_earlier_checkpoints(training_args)
+    if explicit is not None:
         return explicit
-    last = get_last_checkpoint(output_dir)
-    if last is None and os.listdir(output_dir):
+    if last is None:
+        return start_without_checkpoint(training_args)
+    check_same_run(last, config, training_args)
+    state = json.loads((Path(last) / "trainer_state.json").read_text())
+    if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+        return start_after_finished_run(training_args, last, state)
+    logger.warning("Resuming the interrupted run in %s from %s (the same command started it; a finished run is "
+                   "started over, and other settings are refused).", output_dir, last)
+    return last
+
+
+def start_without_checkpoint(training_args: TrainingArguments) -> None:
+    """Start fresh in an output dir without a complete checkpoint: one holding neither checkpoints nor checkpoints
+    being written (other files only) is refused unless --overwrite_output_dir; checkpoints a failure cut short are
+    removed when starting over."""
+    output_dir = training_args.output_dir
+    if training_args.overwrite_output_dir:
+        remove_earlier_checkpoints(training_args)
+    elif os.listdir(output_dir) and not checkpoints_of(output_dir) and not staging_folders(output_dir):
         raise ValueError(
             f"Output directory ({output_dir}) already exists and is not empty, and holds no checkpoint to resume "
             f"from. Use --overwrite_output_dir to train into it anyway, or choose another --output_dir."
         )
-    if last is None or explicit is not None:
-        return explicit
+    return None
+
+
+def check_same_run(last: str, config: PretrainedConfig, training_args: TrainingArguments) -> None:
+    """Refuse to resume or replace checkpoints of other settings, whatever --overwrite_output_dir says."""
     differences = run_differences(last, config, training_args)
     if differences:
         raise ValueError(
-            f"Output directory ({output_dir}) holds checkpoints of another run ({last}; its settings differ: "
-            + ", ".join(f"{name} {old!r} there, {new!r} now" for name, (old, new) in differences.items())
-            + "). Use another --output_dir, or --overwrite_output_dir True to train from scratch into it."
+            f"Output directory ({training_args.output_dir}) holds checkpoints of another run ({last}; its settings "
+            "differ: " + ", ".join(f"{name} {old!r} there, {new!r} now" for name, (old, new) in differences.items())
+            + "). Use another --output_dir, or delete those checkpoints to train into this one."
         )
-    state = json.loads((Path(last) / "trainer_state.json").read_text())
-    if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+
+
+def start_after_finished_run(training_args: TrainingArguments, last: str, state: dict[str, Any]) -> str | None:
+    """A finished run in the output dir: started over with --overwrite_output_dir, else refused; in a requeued SLURM
+    job (SLURM_RESTART_COUNT > 0), whose run finished while the job was being stopped, resumed from its last
+    checkpoint, which trains no further step."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        logger.warning("Requeued job: the run in %s had finished (step %d of %d); resuming from %s trains no further "
+                       "step.", training_args.output_dir, state["global_step"], state["max_steps"], last)
+        return last
+    if not training_args.overwrite_output_dir:
         raise ValueError(
-            f"Output directory ({output_dir}) holds a finished run ({last}: step {state['global_step']} of "
-            f"{state['max_steps']}); resuming would hand it back without training. Evaluate it with --do_train False, "
-            f"use another --output_dir, or --overwrite_output_dir True to train again."
+            f"Output directory ({training_args.output_dir}) holds a finished run ({last}: step {state['global_step']}"
+            f" of {state['max_steps']}); resuming would hand it back without training. Evaluate it with --do_train "
+            f"False, use another --output_dir, or --overwrite_output_dir True to train again."
         )
-    logger.info("Checkpoint detected, resuming training at %s. To avoid this behaviour, change --output_dir "
-                "or add --overwrite_output_dir to train from scratch.", last)
-    return last
+    logger.warning("The run in %s finished (step %d of %d): starting over (--overwrite_output_dir).",
+                   training_args.output_dir, state["global_step"], state["max_steps"])
+    remove_earlier_checkpoints(training_args)
+    return None

@@ -81,6 +81,8 @@ class LaunchPlan:
             lines.append(f"precision: {self.precision.name} ({self.precision.reason})")
         if self.batch is not None:
             lines.append(f"batch: {self.batch.describe()}")
+            if self.batch.statistics_note() is not None:
+                lines.append(self.batch.statistics_note())
         lines.append(f"data loading: {self.workers} worker process(es) per training process")
         return lines
 

@@ -15,7 +15,10 @@ logging step `ExitTrainer.log` adds `LossWindow.logs` to the Trainer's logs and 
 Like the Trainer's `loss`, a step is the mean of its gradient-accumulation micro-batches and the sums are averaged
 over processes (one all-reduce per logging step; every process has the same terms with the same weights, since they
 come from the configuration and the step count). `images_per_second` counts the training images of every process
-over the window's wall-clock time, evaluation and checkpoint saving left out.
+over the window's wall-clock time, evaluation and checkpoint saving left out. `data_wait_share` is the share of that
+time the training loop spent waiting for its next batches from the loader, averaged over the processes: near 0 when
+the input pipeline keeps up, large when the accelerator is starved (more loader workers, or faster decoding, would
+help). The loop never waits for the device between logging steps, so this time is the wait for data.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class LossWindow(TrainerCallback):
         """Start a new window."""
         self.sums: dict[TermsKey, _TermSums] = {}
         self.images = 0
+        self.data_wait = 0.0
         self.restart_clock()
 
     def restart_clock(self) -> None:
@@ -82,6 +86,10 @@ class LossWindow(TrainerCallback):
         sums.steps += share
         self.images += images
 
+    def add_data_wait(self, seconds: float) -> None:
+        """Add time the training loop spent waiting for batches."""
+        self.data_wait += seconds
+
     def logs(self, sum_over_processes: Callable[[torch.Tensor], torch.Tensor], processes: int) -> dict[str, float]:
         """The window's values (see the module docstring), then a new window; empty when nothing was added.
 
@@ -95,7 +103,7 @@ class LossWindow(TrainerCallback):
         elapsed = time.perf_counter() - self.clock
         sums = list(self.sums.values())
         local = torch.cat([part for entry in sums for part in (entry.weighted, entry.plain)]
-                          + [sums[0].plain.new_tensor([self.images])])
+                          + [sums[0].plain.new_tensor([self.data_wait, self.images])])
         summed = (sum_over_processes(local).double().cpu() / processes).tolist()
         totals: dict[str, _TermTotals] = {}
         offset = 0
@@ -112,6 +120,7 @@ class LossWindow(TrainerCallback):
                 for name, total in totals.items()}
         logs.update({f"loss_weight_{name}": total.weight / steps for name, total in totals.items()})
         logs["images_per_second"] = summed[-1] * processes / elapsed
+        logs["data_wait_share"] = min(1.0, summed[-2] / elapsed)
         self.reset()
         return logs
 

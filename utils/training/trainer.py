@@ -5,49 +5,64 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
+from models.exiting import decide_from_logits
 from utils.data.image_dataset import EpochCallback, ImageDataset
 from utils.data.transforms import Normalization
+from utils.training.alternation import StepAlternation
+from utils.training.checkpoint_saving import StagedCheckpointSaving
 from utils.training.exit_distribution import ExitDistributionCallback
 from utils.training.loss_window import LossWindow
+from utils.training.requeue import StopOnSignal
 
 logger = logging.getLogger(__name__)
 
 
-class ExitTrainer(Trainer):
+class ExitTrainer(StagedCheckpointSaving, Trainer):
     """`Trainer` with these changes.
 
     - an `ImageDataset` training set is told the epoch at every epoch start (`EpochCallback`), so its per-sample
     augmentation seeds change between epochs in every process and in persistent loader workers (accelerate
     forwards the epoch to the dataset only in single-process runs);
     - batches of uint8 images are normalised once they are on the device (`normalization`, the
-    `utils.data.transforms.Normalization` of the images), so loader workers only decode, crop and flip;
+    `utils.data.transforms.Normalization` of the images), so loader workers only decode, crop and flip; batches are
+    copied to the device without blocking the host (from pinned memory on a GPU);
+    - the `alternating*` strategies alternate once per optimizer step (`utils.training.alternation`);
     - checkpoints and the best model are reloaded through `from_pretrained` (the exit layout comes with them);
-    - `prediction_step` returns `(logits, exit_layer, exit_predictions)` as the predictions. The model runs in eval
-    mode, so every sample leaves at its own exit whatever the eval batch size. Returning `exit_layer` beside the
+    - `prediction_step` returns `(logits, exit_layer, exit_predictions)` as the predictions, from one model call
+    per batch. Every sample leaves at its own exit whatever the eval batch size. Returning `exit_layer` beside the
     logits lets the unchanged evaluation loop gather it from every distributed rank (and drop the samples the
     distributed sampler duplicated), so the exit statistics cover the whole eval set; the original kept only rank
-    0's exits. `exit_predictions` (B, exits + 1) is the class every exit and the final classifier give each sample,
-    from one more pass with every exit computed (`every_exit_accuracy`, on by default; off, the predictions are
-    the first two). `compute_metrics` (`utils.analysis.metrics`) turns them into exit counts and per-exit accuracies;
-    `ExitDistributionCallback` charts the counts;
-    - at every logging step the logs also hold each loss term of the exits, its weight and the training images per
-    second (`utils.training.loss_window`), from the terms the optimiser saw;
+    0's exits. `exit_predictions` (B, exits + 1) is the class every exit and the final classifier give each sample
+    (`every_exit_accuracy`, on by default): that call computes every exit, and the early-exit decisions are taken
+    from its logits by the batched early exit's own rule (`models.exiting.decide_from_logits`). Off, the call is
+    the cheaper per-sample early exit and the predictions are the first two. `compute_metrics`
+    (`utils.analysis.metrics`) turns them into exit counts and per-exit accuracies; `ExitDistributionCallback`
+    charts the counts;
+    - at every logging step the logs also hold each loss term of the exits, its weight, the training images per
+    second and the share of the time the loop waited for its next batch (`utils.training.loss_window`), from the
+    terms the optimiser saw;
     - TensorBoard logs of an evaluation-only run go to the output directory too (as a training run's do).
     """
 
     def __init__(self, *args: Any, normalization: Normalization | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.stop_on_signal = StopOnSignal()  # SIGUSR1/SIGTERM: save, stop, exit for a requeue
+        self.add_callback(self.stop_on_signal)
         self.normalization = normalization
         if isinstance(self.train_dataset, ImageDataset):
             self.add_callback(EpochCallback(self.train_dataset))
+        self.add_callback(StepAlternation())
         self.every_exit_accuracy = True
         self.loss_window: LossWindow | None = None
         if self.args.n_gpu > 1:
@@ -78,6 +93,21 @@ class ExitTrainer(Trainer):
             logs.update(self.loss_window.logs(lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
                                               self.accelerator.num_processes))
         super().log(logs, start_time)
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int,
+                          device: torch.device) -> tuple[list, torch.Tensor | int | None]:
+        """As `Trainer.get_batch_samples`; the time spent waiting for the batches goes to the logging window."""
+        started = time.perf_counter()
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.loss_window is not None:
+            self.loss_window.add_data_wait(time.perf_counter() - started)
+        return batches
+
+    def _prepare_input(self, data: torch.Tensor | Any) -> torch.Tensor | Any:
+        """As `Trainer._prepare_input`, but a tensor's copy to the device does not block the host."""
+        if isinstance(data, torch.Tensor) and not self.is_deepspeed_enabled:
+            return data.to(self.args.device, non_blocking=True)
+        return super()._prepare_input(data)
 
     def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
         inputs = super()._prepare_inputs(inputs)
@@ -113,22 +143,29 @@ class ExitTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None, torch.Tensor | None]:
+        """One model call per batch: every exit computed when `every_exit_accuracy` asks for each exit's
+        predictions (the early exit is then decided from their logits), else the per-sample early exit."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad():
+            if self.every_exit_accuracy and not prediction_loss_only:
+                predictions = self._exit_predictions(model, inputs)
+                loss = F.cross_entropy(predictions[0].float(), labels) if labels is not None else None
+                return loss, predictions, labels
             outputs = model(**inputs)
             loss = outputs.loss.detach().mean() if outputs.loss is not None else None
             if prediction_loss_only:
                 return loss, None, None
-            predictions = (outputs.logits.detach(), outputs.exit_layer.detach())
-            if self.every_exit_accuracy:
-                predictions += (self._exit_predictions(model, inputs, outputs),)
-        return loss, predictions, labels
+            return loss, (outputs.logits.detach(), outputs.exit_layer.detach()), labels
 
-    def _exit_predictions(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> torch.Tensor:
-        """(B, exits + 1): the class every exit, then the final classifier, gives each sample."""
-        if not self.accelerator.unwrap_model(model).config.num_exits:  # the final classifier answered already
-            return outputs.logits.argmax(-1, keepdim=True)
-        every_exit = model(**inputs, early_exit=False)
+    def _exit_predictions(self, model: nn.Module,
+                          inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits each sample leaves with (B, K), its exit layer (B,), the class every exit and then the final
+        classifier give it (B, exits + 1)), from one pass with every exit computed. The decisions are those of the
+        per-sample early exit on the same logits (`models.exiting.decide_from_logits`)."""
+        config = self.accelerator.unwrap_model(model).config
+        every_exit = model(**{name: value for name, value in inputs.items() if name != "labels"}, early_exit=False)
+        decisions = decide_from_logits(config.exit_settings(), every_exit.exit_logits, every_exit.final_logits,
+                                       config.exit_positions(), config.num_blocks)
         classifiers = [*every_exit.exit_logits, every_exit.final_logits]
-        return torch.stack([logits.argmax(-1) for logits in classifiers], dim=1)
+        return decisions.logits, decisions.exit_layer, torch.stack([logits.argmax(-1) for logits in classifiers], 1)
