@@ -27,8 +27,10 @@ from datasets import DatasetDict
 from transformers import PreTrainedModel, set_seed
 
 from utils.analysis.calibration import Calibration
+from utils.analysis.certification import record_certification
 from utils.analysis.flops import FlopsProfile, profile_flops
 from utils.analysis.metrics import build_compute_metrics
+from utils.analysis.provenance import check_calibration_data
 from utils.analysis.report import (
     ModelRuns,
     analyse_evaluation,
@@ -45,7 +47,7 @@ from utils.arguments import (
     parse_arguments,
 )
 from utils.data.image_dataset import ImageDataset, collate_fn
-from utils.data.loading import label_names, load_datasets
+from utils.data.loading import label_names, load_datasets_with_record
 from utils.data.transforms import (
     Normalization,
     augmentation,
@@ -55,7 +57,7 @@ from utils.data.transforms import (
 )
 from utils.training.checkpoints import resume_checkpoint
 from utils.training.logging_setup import configure_wandb, setup_logging
-from utils.training.model_setup import check_label_count, load_config, load_model
+from utils.training.model_setup import check_label_count, load_config, load_model, record_training_data
 from utils.training.requeue import REQUEUE_EXIT_CODE
 from utils.training.trainer import ExitTrainer
 from utils.training.wandb_run import run_labels, wandb_run
@@ -71,12 +73,16 @@ def main(args: list[str] | dict[str, Any] | None = None) -> dict[str, float]:
     log_run(model_args, data_args, training_args)
     set_seed(training_args.seed)
 
-    dataset = load_splits(data_args, training_args, model_args)
+    dataset, split = load_splits(data_args, training_args, model_args)
     labels = label_names(dataset)
     check_label_count(model_args, labels)
     config = load_config(model_args, labels)
+    if training_args.do_train:
+        record_training_data(config, split, model_args.model_name_or_path, training_args.output_dir)
     check_analysis_request(analysis_args, config.num_exits, data_args.calibration_split,
                            len(dataset["calibration"]) if "calibration" in dataset else None, config.exit_strategy)
+    if analysis_args.calibrates:
+        check_calibration_data(config.training_data, split)
     if training_args.check_only:
         logger.info("Arguments, data and model configuration checked (--check_only): nothing built or run.")
         return {}
@@ -117,6 +123,7 @@ def calibrate_once(trainer: ExitTrainer, dataset: ImageDataset, flops: FlopsProf
     calibration = None
     if accelerator.is_main_process:
         calibration = calibrate_to_budget(trainer.model, dataset, flops, analysis_args, ModelRuns.of_trainer(trainer))
+        record_certification(trainer.args.output_dir, calibration)
     if accelerator.num_processes > 1:
         calibration = broadcast_object_list([calibration])[0]
         if not accelerator.is_main_process:
@@ -143,15 +150,17 @@ def log_run(model_args: ModelArguments, data_args: DataTrainingArguments, traini
 
 
 def load_splits(data_args: DataTrainingArguments, training_args: TrainingArguments,
-                model_args: ModelArguments) -> DatasetDict:
-    """The run's splits, checked against what it is asked to do."""
+                model_args: ModelArguments) -> tuple[DatasetDict, dict[str, Any] | None]:
+    """The run's splits, checked against what it is asked to do, and the record of its train and calibration rows
+    (`utils.data.provenance`)."""
     with training_args.main_process_first(desc="loading the dataset"):  # one download and cache per machine
-        dataset = load_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
+        dataset, split = load_datasets_with_record(data_args, training_args.seed, model_args.cache_dir,
+                                                   model_args.token)
     if training_args.do_train and "train" not in dataset:
         raise ValueError("--do_train needs a training split: give --train_dir or a dataset with a train split.")
     if training_args.do_eval and "validation" not in dataset:
         raise ValueError("--do_eval needs an evaluation split: give --validation_dir or a dataset with one.")
-    return dataset
+    return dataset, split
 
 
 def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProfile, model_args: ModelArguments,

@@ -55,6 +55,10 @@ class EarlyExitConfig:
         feature distillation of `distillation_LGViT`.
     freeze_backbone (`bool`, defaults to False): stage 2, only the exit heads train. Implied by
         `distillation_LGViT`.
+    training_data (`list[dict]`, *optional*): one entry per training stage that led to these weights, oldest
+        first (written by run_classification.py, carried over from the checkpoint a stage starts from): the
+        train split and the calibration rows it held out (`utils.data.provenance.split_record`), its
+        `train_strategy`, `output_dir` and starting checkpoint. None for weights trained elsewhere.
 
     A subclass defines `num_blocks`, `num_exits`, `exit_positions()`, `head_specs()`, `exit_token_layouts()`,
     `check_layout()`, and the class attributes `default_thresholds` / `default_patience` (by criterion name).
@@ -69,6 +73,7 @@ class EarlyExitConfig:
     homo_coefficient: float | int = 0.01
     hete_coefficient: float | int = 0.01
     freeze_backbone: bool = False
+    training_data: list[dict[str, Any]] | None = None
 
     default_thresholds: ClassVar[dict[str, float]] = {}
     # model types of transformers' configurations this class reads (the backbone's own, without exits)

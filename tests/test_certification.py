@@ -3,6 +3,9 @@ and the refusal of a calibration split too small to certify the budget."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 import torch
 from analysis_helpers import synthetic_cache, synthetic_profile, tiny_model
@@ -11,16 +14,21 @@ from models.criteria import get_criterion
 from models.exit_settings import ExitSettings
 from utils.analysis.calibration import evaluation_report, write_exit_settings
 from utils.analysis.certification import (
+    CERTIFICATIONS_FILE,
     candidate_sequences,
     candidate_table,
     certified_indices,
     certify,
     fastest,
+    record_certification,
+    selection_safe_bound,
 )
+from utils.analysis.compare_methods import budget_note, budget_table
 from utils.analysis.report import check_analysis_request
 from utils.analysis.risk_control import critical_errors, upper_confidence_bound
 from utils.analysis.sweep import exit_decisions
 from utils.arguments import AnalysisArguments
+from utils.arguments.analysis import RISK_NAMES
 
 CRITERIA = ["entropy", "confidence", "patience", "patient_and_confident"]
 NUM_EXITS = 6
@@ -85,9 +93,9 @@ def test_certified_choice_is_the_fastest_certified_setting(cache, criterion, ris
     assert details["certified"] and details["calibration_samples"] == 600 and details["risk"] == risk
     assert details["critical_errors"] == critical_errors(600, 0.05, 0.1)
     assert details["calibration_errors"] <= details["critical_errors"]
-    assert details["certified_bound"] == pytest.approx(100 * upper_confidence_bound(details["calibration_errors"],
-                                                                                    600, 0.1))
-    assert details["certified_bound"] <= 5.0
+    assert details["certified_risk_bound"] == pytest.approx(100 * upper_confidence_bound(details["critical_errors"],
+                                                                                         600, 0.1))
+    assert details["certified_risk_bound"] <= 5.0
     table = candidate_table(cache, profile, candidate_sequences(criterion, 10, cache.exit_layers, cache.num_blocks,
                                                                 patience_values=[2]))
     certified = certified_indices(table, 0.05, 0.1, risk)
@@ -121,6 +129,66 @@ def test_the_certificate_reaches_the_report_and_the_config(cache):
     model = tiny_model()  # six exits, as the synthetic cache
     write_exit_settings(model.config, calibration.settings)
     assert model.config.exit_settings() == calibration.settings
+
+
+@pytest.mark.parametrize("criterion", ["patience", "confidence"])
+def test_the_reported_risk_bound_is_itself_certified_whatever_was_chosen(cache, criterion):
+    """The reported bound depends on no error count, and certifying it as the budget makes the very same choice;
+    the bound at the chosen setting's own count would claim less (patience: 7 errors where 22 certify)."""
+    profile = synthetic_profile(NUM_EXITS)
+    details = certify(cache, profile, criterion, 5.0, 0.1).details
+    bound = details["certified_risk_bound"]
+    assert bound == certify(cache, profile, "entropy", 5.0, 0.1, risk="consistency").details["certified_risk_bound"]
+    again = certify(cache, profile, criterion, bound, 0.1)
+    assert again.settings == certify(cache, profile, criterion, 5.0, 0.1).settings
+    assert again.details["critical_errors"] == details["critical_errors"]
+    if criterion == "patience":
+        assert details["calibration_errors"] < details["critical_errors"]
+        assert 100 * upper_confidence_bound(details["calibration_errors"], 600, 0.1) < bound - 1.0
+
+
+@pytest.mark.parametrize("bound", ["binomial", "hoeffding_bentkus"])
+@pytest.mark.parametrize(("samples", "epsilon", "delta"), [(200, 0.05, 0.1), (1000, 0.01, 0.1), (306, 0.02, 0.05)])
+def test_the_risk_bound_makes_the_same_decisions_as_the_budget(samples, epsilon, delta, bound):
+    """At the reported bound the test passes exactly the counts it passes at the budget (no float rounding across
+    the edge, which the closed-form bound alone crosses for these sizes)."""
+    value = selection_safe_bound(samples, epsilon, delta, bound)
+    assert value <= epsilon and value == pytest.approx(upper_confidence_bound(
+        critical_errors(samples, epsilon, delta, bound), samples, delta, bound), rel=1e-9)
+    assert critical_errors(samples, value, delta, bound) == critical_errors(samples, epsilon, delta, bound)
+
+
+def test_a_consistency_certificate_reports_the_consistency_risk(cache):
+    held_out, evaluation = cache.split(0.5, seed=1)
+    profile = synthetic_profile(NUM_EXITS)
+    for risk in ("consistency", "accuracy"):
+        calibration = certify(held_out, profile, "confidence", 3.0, 0.1, risk=risk)
+        report = evaluation_report(evaluation, profile, calibration.settings, calibration)
+        logits, _ = exit_decisions(evaluation, calibration.settings)
+        early, final = logits.argmax(-1), evaluation.final_logits.argmax(-1)
+        wrong = (early != final) if risk == "consistency" else (early != evaluation.labels) & (final ==
+                                                                                              evaluation.labels)
+        assert report["evaluation_risk"] == pytest.approx(100 * wrong.double().mean().item())
+        assert report["evaluation_risk_name"].startswith(f"{risk} risk")
+        assert ("disagreement" in report["target"]) == (risk == "consistency")
+    assert report["accuracy_drop"] == pytest.approx(100 * (final == evaluation.labels).double().mean().item() -
+                                                    100 * (early == evaluation.labels).double().mean().item())
+
+
+def test_a_second_certification_into_one_directory_warns(cache, tmp_path, caplog):
+    profile = synthetic_profile(NUM_EXITS)
+    first = certify(cache, profile, "confidence", 5.0, 0.1)
+    with caplog.at_level("WARNING", logger="utils.analysis.certification"):
+        record_certification(tmp_path, first)
+        record_certification(tmp_path, first)  # the same certification again (a resumed run) is no new try
+        assert not caplog.records
+        record_certification(tmp_path, certify(cache, profile, "confidence", 3.0, 0.1))
+    assert len(caplog.records) == 1 and "voids the guarantee" in caplog.text and "DELTA / k" in caplog.text
+    assert "5 points" in caplog.text and "3 points" in caplog.text
+    assert len(json.loads((tmp_path / CERTIFICATIONS_FILE).read_text())) == 2
+    empirical = tmp_path / "empirical"
+    record_certification(empirical, replace(first, details={}))
+    assert not empirical.exists()
 
 
 def test_a_split_too_small_to_certify_is_refused(cache):
@@ -162,3 +230,17 @@ def test_certification_options_are_checked():
         AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, risk_bound="exact")
     with pytest.raises(ValueError, match="--temperature_split scales"):
         AnalysisArguments(temperature_split=0.3)
+
+
+def test_the_comparison_shows_the_risk_bound_and_names_the_risk():
+    row = {"method": "SDN", "max_accuracy_drop": 1.0, "accuracy_drop": 0.37, "accuracy_drop_within_budget": True,
+           "evaluation_risk": 1.11, "evaluation_risk_lower_bound": 0.3, "flops_speedup": 2.5, "risk_level": 0.1,
+           "calibration_samples": 306, "calibration_flops_speedup": 2.4, "certified_risk_bound": 0.7497,
+           "evaluation_risk_name": RISK_NAMES["consistency"]}
+    plain = {**row, "evaluation_risk_name": RISK_NAMES["accuracy"], "flops_speedup": 3.7}
+    table = budget_table([row], [plain])
+    assert "n = 306): risk bound |" in table.splitlines()[0]
+    assert "| SDN | 1 | 0.37 (within 1) | 1.11 (0.30) | 3.70 | 0.75 | 0.37 (within 1) |" in table
+    note = budget_note([row], [plain])
+    assert "the consistency risk (early answer differs from the final classifier's) that was certified" in note
+    assert "(empirical rows: the accuracy risk" in note

@@ -6,17 +6,23 @@ evaluation images). Each draw takes a calibration set from it, each rule chooses
 and the choice is measured on the whole population. The certified rule promises that at most a share delta of the
 draws breaks the budget: the upper end of a 99% exact interval of that share must be <= delta. The empirical rule
 must break its own promise (accuracy drop within the budget) in clearly more than delta of the draws, or the test
-could not tell the rules apart.
+could not tell the rules apart. With several patience sequences the same test also fails once the candidates are
+tested in the order of their calibration errors; `power` gives what a number of draws can tell.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from pathlib import Path
 
 import pytest
+from scipy.optimize import brentq
+from scipy.stats import binom
 
+from utils.analysis import risk_simulation
 from utils.analysis.calibration import calibrate
-from utils.analysis.certification import candidate_sequences, candidate_table
+from utils.analysis.certification import candidate_sequences, candidate_table, sequence_count
+from utils.analysis.risk_control import certified_prefixes
 from utils.analysis.risk_simulation import (
     RuleOutcome,
     empirical_choice,
@@ -38,6 +44,32 @@ def real_population():
 def keeps_promise(outcome: RuleOutcome, failures: int) -> bool:
     """The test: with 99% confidence, at most a share delta of the draws breaks the budget."""
     return outcome.failure_interval(failures)[1] <= DELTA
+
+
+def failure_bound(failures: int, draws: int, end: int) -> float:
+    """The low (`end` 0) or high (1) end of the 99% interval that `keeps_promise` reads."""
+    return RuleOutcome("", draws, 0, 0, 0.0, 0.0, 0.0).failure_interval(failures)[end]
+
+
+def power(draws: int, chance: float = 0.99) -> tuple[int, float, float]:
+    """What `draws` draws can tell: the most failures that keep the promise, the true failure rate up to which a
+    rule keeps it with probability `chance`, and the rate from which, with that probability, the low end of the
+    interval lies above delta (a break shown beyond chance)."""
+    counts = range(draws + 1)
+    passing = bisect_right(counts, DELTA, key=lambda count: failure_bound(count, draws, 1)) - 1
+    shown = bisect_right(counts, DELTA, key=lambda count: failure_bound(count, draws, 0))
+    kept = brentq(lambda rate: binom.cdf(passing, draws, rate) - chance, 0.0, DELTA)
+    broken = brentq(lambda rate: binom.sf(shown - 1, draws, rate) - chance, DELTA, 1.0)
+    return passing, kept, broken
+
+
+@pytest.mark.parametrize("draws, passing, kept, broken", [(250, 13, 0.027, 0.212), (500, 33, 0.044, 0.176),
+                                                          (1000, 75, 0.058, 0.151)])
+def test_the_power_of_the_draws(draws, passing, kept, broken):
+    """The figures of docs/certified-thresholds.md; a true failure rate of delta or more fails the test with
+    probability >= 99.5% at every number of draws."""
+    assert power(draws) == (passing, pytest.approx(kept, abs=5e-4), pytest.approx(broken, abs=5e-4))
+    assert binom.sf(passing, draws, DELTA) >= 0.995
 
 
 def assert_certified_holds_and_empirical_breaks(outcomes):
@@ -62,6 +94,40 @@ def test_promise_holds_on_a_real_runs_logits():
     assert len(population) == 576 and population.num_exits == 11
     outcomes = simulate(population, profile, "confidence", 306, EPSILON, DELTA, draws=1000, seed=3)
     assert_certified_holds_and_empirical_breaks(outcomes)
+
+
+def several_sequences(monkeypatch=None, order=None):
+    """The simulation with eight patience counts of `patient_and_confident`, one sequence each (delta / 8 per
+    sequence), at 1.5 points: 306 images certify at delta / 8 (1 point would need 436). With `order`, the
+    certified rule tests the candidates in that order instead (`monkeypatch` replaces it)."""
+    if order is not None:
+        monkeypatch.setattr(risk_simulation, "certified_indices", order)
+    population, profile = real_population()
+    return simulate(population, profile, "patient_and_confident", 306, 1.5, DELTA, draws=500,
+                    patience_values=range(1, 9), num=50, seed=6)
+
+
+def test_promise_holds_with_several_patience_sequences():
+    assert sequence_count("patient_and_confident", range(1, 9)) == 8
+    assert_certified_holds_and_empirical_breaks(several_sequences())
+
+
+def error_sorted_indices(table, epsilon, delta, risk="accuracy", bound="binomial"):
+    """The break: every candidate of every sequence tested in one sequence sorted by its calibration errors, at
+    delta, instead of in the fixed order with delta split across the sequences."""
+    counts = table.losses(risk).sum(dim=1).tolist()
+    order = sorted(range(len(counts)), key=lambda index: (counts[index], index))
+    prefix = certified_prefixes([[counts[index] for index in order]], len(table.final_correct), epsilon, delta,
+                                bound)[0]
+    return order[:prefix]
+
+
+def test_the_test_sees_candidates_ordered_by_their_errors(monkeypatch):
+    """The draws of `test_promise_holds_with_several_patience_sequences`: the fixed order keeps the promise on them,
+    an order that follows the calibration errors breaks it."""
+    broken = several_sequences(monkeypatch, error_sorted_indices)["certified"]
+    assert not keeps_promise(broken, broken.risk_failures), broken
+    assert broken.risk_failures / broken.draws > DELTA, broken
 
 
 def test_temperature_scaling_keeps_the_promise():

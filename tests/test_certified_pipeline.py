@@ -32,7 +32,9 @@ def test_certificate_and_temperatures_are_reported_and_saved(certified_run: Path
     assert report["certified"] and report["target"] == "certified accuracy drop <= 5 points at risk level 0.1"
     assert config["threshold"] == report["threshold"] and config["exit_strategy"] == report["strategy"] == "confidence"
     assert report["exit_fit_samples"] == 92 and report["calibration_samples"] == 306 - 92
-    assert report["calibration_errors"] <= report["critical_errors"] and report["certified_bound"] <= 5.0
+    assert report["calibration_errors"] <= report["critical_errors"] and report["certified_risk_bound"] <= 5.0
+    made = read_json(certified_run / "certifications.json")  # the record a later certification here warns from
+    assert len(made) == 1 and made[0]["max_accuracy_drop"] == 5.0 and made[0]["calibration_samples"] == 306 - 92
     assert len(report["exit_temperatures"]) == len(report["exit_ece_before"]) == len(report["exit_ece_after"]) == 3
     assert all(temperature != 1.0 for temperature in report["exit_temperatures"])
     assert isinstance(report["accuracy_drop_within_budget"], bool) and report["max_accuracy_drop"] == 5.0

@@ -71,17 +71,18 @@ def assert_same_evaluation(two_processes: dict, one_process: dict, spread: bool 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("distributed_base")
-    run_classification.main(run_args(root / "base", config_name=write_tiny_config(root), do_eval=False))
+    run_classification.main(run_args(root / "base", config_name=write_tiny_config(root), do_eval=False,
+                                     calibration_split=0.2))
     return root / "base"
 
 
 @pytest.fixture(scope="module")
 def stage2_run(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Stage 1 (LGViT heads, which hold BatchNorm) in this process, then stage 2 on two processes (3 steps of 2 x 8
-    images, evaluated at the end on both)."""
+    images, evaluated at the end on both); every stage holds out the calibration split the last test calibrates on."""
     root = tmp_path_factory.mktemp("distributed_stage2")
-    run_classification.main(stage1_args(root / "stage1", base_model, do_eval=False))
-    launch("train_distillation_deit.sh", root, *SHORT, "--max_train_samples", "32",
+    run_classification.main(stage1_args(root / "stage1", base_model, do_eval=False, calibration_split=0.2))
+    launch("train_distillation_deit.sh", root, *SHORT, "--max_train_samples", "32", "--calibration_split", "0.2",
            MODEL_NAME_OR_PATH=str(root / "stage1"), OUTPUT_DIR=str(root / "stage2"), GLOBAL_BATCH_SIZE="16",
            BATCH_SIZE="8")
     return root
@@ -91,6 +92,10 @@ def test_two_process_stage2_trains_only_the_heads(stage2_run: Path) -> None:
     stage1, stage2 = stage2_run / "stage1", stage2_run / "stage2"
     assert read_json(stage2 / "trainer_state.json")["epoch"] == 1.5  # 32 samples in steps of 2 x 8
     assert read_json(stage2 / "config.json")["train_strategy"] == "distillation_LGViT"
+    records = read_json(stage2 / "config.json")["training_data"]  # every stage, base first, same held-out rows
+    assert [record["train_strategy"] for record in records] == ["normal", "alternating_weighted",
+                                                                "distillation_LGViT"]
+    assert len({record["calibration_sha256"] for record in records}) == 1
     before, after = load_file(stage1 / "model.safetensors"), load_file(stage2 / "model.safetensors")
     assert before.keys() == after.keys()
     frozen = [name for name in before if not name.startswith("exits.")]
@@ -113,7 +118,7 @@ def test_two_process_calibration_runs_once_and_every_process_uses_it(stage2_run:
     INFO: the main process calibrates once, the other receives the temperatures and thresholds, and the saved
     thresholds and the metrics are those of the same run in one process."""
     model = stage2_run / "stage2"
-    calibrating = ["--calibration_split", "0.2", "--calibration_strategy", "confidence", "--max_accuracy_drop", "1.0",
+    calibrating = ["--calibration_split", "0.2", "--calibration_strategy", "confidence", "--max_accuracy_drop", "0.2",
                    "--calibration_speedup", "layer", "--temperature_split", "0.3", "--per_device_eval_batch_size", "4"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

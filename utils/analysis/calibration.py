@@ -24,6 +24,7 @@ from models.exit_settings import ExitSettings
 from utils.analysis.flops import FlopsProfile
 from utils.analysis.risk_control import lower_confidence_bound, within_budget
 from utils.analysis.sweep import CachedLogits, SweepPoint, evaluate_settings, exit_decisions, sweep_criterion
+from utils.arguments.analysis import RISK_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -165,27 +166,31 @@ def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: Exit
             **calibration.details,
         })
         if calibration.max_accuracy_drop is not None:
-            report.update(budget_on_evaluation(cache, settings, calibration.max_accuracy_drop))
+            report.update(budget_on_evaluation(cache, settings, calibration.max_accuracy_drop,
+                                               calibration.details.get("risk", "accuracy")))
     return report
 
 
-def budget_on_evaluation(cache: CachedLogits, settings: ExitSettings, max_accuracy_drop: float) -> dict[str, Any]:
+def budget_on_evaluation(cache: CachedLogits, settings: ExitSettings, max_accuracy_drop: float,
+                         risk: str = "accuracy") -> dict[str, Any]:
     """Whether `settings` kept the accuracy budget on these (evaluation) images, from integer counts: the net drop
-    (final classifier right minus early exit right) and the certified risk (early exit wrong where the final
-    classifier is right), both against the budget in points.
+    (final classifier right minus early exit right) and the certified `risk` (`RISK_NAMES`, named in
+    `evaluation_risk_name`), both against the budget in points.
 
     A finite evaluation split measures the risk with noise, so the report adds the risk's one-sided 95% lower
     confidence bound: only when that bound is above the budget do the images show the promise broken beyond chance.
     """
     logits, _ = exit_decisions(cache, settings)
-    early_correct = logits.argmax(dim=-1) == cache.labels
-    final_correct = cache.final_logits.argmax(dim=-1) == cache.labels
+    early, final = logits.argmax(dim=-1), cache.final_logits.argmax(dim=-1)
+    early_correct, final_correct = early == cache.labels, final == cache.labels
     drop = int(final_correct.sum()) - int(early_correct.sum())
-    risk = int((~early_correct & final_correct).sum())
+    losses = early != final if risk == "consistency" else ~early_correct & final_correct
+    errors = int(losses.sum())
     return {
         "max_accuracy_drop": max_accuracy_drop,
         "accuracy_drop_within_budget": within_budget(drop, len(cache), max_accuracy_drop),
-        "evaluation_risk": 100.0 * risk / len(cache),
-        "evaluation_risk_within_budget": within_budget(risk, len(cache), max_accuracy_drop),
-        "evaluation_risk_lower_bound": 100.0 * lower_confidence_bound(risk, len(cache), 0.05),
+        "evaluation_risk_name": RISK_NAMES[risk],
+        "evaluation_risk": 100.0 * errors / len(cache),
+        "evaluation_risk_within_budget": within_budget(errors, len(cache), max_accuracy_drop),
+        "evaluation_risk_lower_bound": 100.0 * lower_confidence_bound(errors, len(cache), 0.05),
     }

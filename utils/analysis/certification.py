@@ -13,14 +13,19 @@ exit e allows the fraction layer_e / num_blocks of the shared step, so shallow e
 the counts E + 1 (never leaves) down to 1; for `patient_and_confident` one threshold sequence per patience count.
 Every sequence starts with a setting under which no image leaves early and runs to the most aggressive one; it
 is tested in that order and the fastest certified candidate (by FLOPs on the calibration images) is chosen
-(`utils.analysis.risk_control`).
+(`utils.analysis.risk_control`). The certificate reports the bound at the critical count, which holds whatever was
+chosen (`selection_safe_bound`); `record_certification` lists the certifications made into one output directory and
+warns on a second one, since keeping the best of several tries on one calibration split voids the guarantee.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +39,12 @@ from utils.analysis.risk_control import (
     check_levels,
     critical_errors,
     minimum_samples,
+    p_value,
+    smallest_passing_risk,
     upper_confidence_bound,
 )
 from utils.analysis.sweep import CachedLogits, evaluate_settings, exit_decisions
-from utils.arguments.analysis import RISKS, THRESHOLD_PATHS
+from utils.arguments.analysis import RISK_NAMES, RISKS, THRESHOLD_PATHS
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +202,10 @@ class Certificate:
         risk, risk_bound, threshold_path: how it was certified (`RISKS`, `risk_control.BOUNDS`, `THRESHOLD_PATHS`).
         calibration_samples: images that certified (n); calibration_errors: the chosen setting's errors on them.
         critical_errors: the most errors a candidate could have and be certified.
-        certified_bound: the chosen setting's (1 - delta) upper confidence bound of the risk, in points (with
-            several sequences, at level delta / sequences).
+        certified_risk_bound: the risk certified for the chosen setting, in points: the (1 - delta / sequences)
+            upper confidence bound at `critical_errors` (`selection_safe_bound`), at most the budget. The bound at
+            the chosen setting's own error count is not reported: it claims too much once the setting was chosen
+            for passing (docs/certified-thresholds.md).
         candidates, certified_candidates, sequences: the size of the search and how much of it was certified.
     """
 
@@ -208,7 +217,7 @@ class Certificate:
     calibration_samples: int
     calibration_errors: int
     critical_errors: int
-    certified_bound: float
+    certified_risk_bound: float
     candidates: int
     certified_candidates: int
     sequences: int
@@ -249,18 +258,77 @@ def certify(cache: CachedLogits, profile: FlopsProfile, strategy: str, max_accur
         raise ValueError(too_small_message(len(cache), max_accuracy_drop, risk_level, len(sequences)))
     errors = [count for counts in table.errors(risk) for count in counts]
     level = risk_level / len(sequences)
+    critical = critical_errors(len(cache), epsilon, level, bound)
     certificate = Certificate(
         max_accuracy_drop=max_accuracy_drop, risk_level=risk_level, risk=risk, risk_bound=bound, threshold_path=path,
-        calibration_samples=len(cache), calibration_errors=errors[chosen],
-        critical_errors=critical_errors(len(cache), epsilon, level, bound),
-        certified_bound=100.0 * upper_confidence_bound(errors[chosen], len(cache), level, bound),
+        calibration_samples=len(cache), calibration_errors=errors[chosen], critical_errors=critical,
+        certified_risk_bound=100.0 * selection_safe_bound(len(cache), epsilon, level, bound),
         candidates=len(errors), certified_candidates=len(certified), sequences=len(sequences))
     point = evaluate_settings(cache, table.settings[chosen], profile)
-    logger.info("Certified %s on %d images (risk %s, %s bound): %s, %d errors (at most %d certify), bound %.3f points "
-                "<= %g at risk level %g; expected FLOPs speed-up %.3f.", strategy, len(cache), risk, bound,
-                get_criterion(strategy).describe(compact_thresholds(point.thresholds), point.patience),
-                certificate.calibration_errors, certificate.critical_errors, certificate.certified_bound,
+    logger.info("Certified %s on %d images (%s, %s bound): %s, %d errors (at most %d certify): risk <= %.3f points "
+                "(budget %g) at risk level %g; expected FLOPs speed-up %.3f.", strategy, len(cache), RISK_NAMES[risk],
+                bound, get_criterion(strategy).describe(compact_thresholds(point.thresholds), point.patience),
+                certificate.calibration_errors, certificate.critical_errors, certificate.certified_risk_bound,
                 max_accuracy_drop, risk_level, point.flops_speedup)
-    target = f"certified accuracy drop <= {max_accuracy_drop:g} points at risk level {risk_level:g}"
-    return Calibration(point=point, final_accuracy=cache.final_accuracy(), target=target, met=True,
+    return Calibration(point=point, final_accuracy=cache.final_accuracy(),
+                       target=certified_target(max_accuracy_drop, risk_level, risk), met=True,
                        max_accuracy_drop=max_accuracy_drop, details={"certified": True, **certificate.as_dict()})
+
+
+def selection_safe_bound(samples: int, epsilon: float, delta: float, bound: str = "binomial") -> float:
+    """The smallest budget at which the test makes the very decisions it made at `epsilon`: the (1 - delta) upper
+    confidence bound at the critical count, at most `epsilon`.
+
+    It depends on no error count, so it holds for whichever candidate was certified and chosen; the bound at the
+    chosen candidate's own count does not (it is biased low by the choice). Bisection from the closed-form bound
+    to `epsilon` keeps the figure on the side where `p_value` itself passes, despite float rounding."""
+    critical = critical_errors(samples, epsilon, delta, bound)
+    low, high = min(epsilon, upper_confidence_bound(critical, samples, delta, bound)), epsilon
+    if p_value(critical, samples, low, bound) <= delta:
+        return low
+    return smallest_passing_risk(critical, samples, low, high, delta, bound)
+
+
+def certified_target(max_accuracy_drop: float, risk_level: float, risk: str) -> str:
+    """What a certification promises, in words, naming the risk it certified."""
+    if risk == "consistency":
+        return (f"certified disagreement with the final classifier <= {max_accuracy_drop:g} points (so accuracy drop "
+                f"too) at risk level {risk_level:g}")
+    return f"certified accuracy drop <= {max_accuracy_drop:g} points at risk level {risk_level:g}"
+
+
+CERTIFICATIONS_FILE = "certifications.json"  # every certification made into one output directory
+TRY_FIELDS = ("max_accuracy_drop", "risk_level", "risk", "risk_bound", "threshold_path", "sequences",
+              "calibration_samples")
+
+
+def record_certification(output_dir: str | Path, calibration: Calibration) -> None:
+    """Add a certification to the record in `output_dir`, warning when other ones were made there before.
+
+    Keeping the best of several tries (budgets, criteria, bounds, risk levels) on one calibration split voids the
+    guarantee, so the warning says how to choose validly. A repeat of the same certification (a resumed run) is no
+    new try. Uncertified calibrations are not recorded."""
+    if not calibration.details.get("certified"):
+        return
+    path = Path(output_dir) / CERTIFICATIONS_FILE
+    made = json.loads(path.read_text()) if path.is_file() else []
+    entry = {"strategy": calibration.settings.strategy, **{key: calibration.details[key] for key in TRY_FIELDS}}
+    if entry in made:
+        return
+    made.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(made, indent=2) + "\n")
+    if len(made) > 1:
+        logger.warning(several_tries_message(made, path))
+
+
+def several_tries_message(made: list[dict[str, Any]], path: Path) -> str:
+    """Why choosing among the certifications in `made` voids the guarantee, and the valid way."""
+    tries = "; ".join(f"{entry['strategy']}, {entry['max_accuracy_drop']:g} points, {entry['risk']} risk, "
+                      f"{entry['risk_bound']} bound, risk level {entry['risk_level']:g}" for entry in made)
+    return (f"{len(made)} different certifications were made into {path.parent} (recorded in {path.name}): {tries}. "
+            "Keeping the best of several tries on one calibration split voids the guarantee: each holds at its risk "
+            "level only if it would have been kept whatever the calibration images showed. To choose among k tries "
+            "validly, run every one of them at --risk_level DELTA / k (Bonferroni); then all hold together with "
+            "probability >= 1 - DELTA and any of them may be kept. Another output directory does not help while the "
+            "calibration split is the same.")

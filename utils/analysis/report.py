@@ -209,6 +209,16 @@ def timed_speedup(model: nn.Module, dataset: ImageDataset, profile: FlopsProfile
     return report
 
 
+def log_budget(report: dict[str, Any]) -> None:
+    """Log how the evaluation split kept an accuracy budget: the risk that was certified (or, empirically, the
+    accuracy risk) under its own name, and the accuracy drop beside it."""
+    if "evaluation_risk" not in report:
+        return
+    logger.info("Budget %g points on the evaluation split: %s %.2f points (one-sided 95%% lower bound %.2f), "
+                "accuracy drop %.2f points.", report["max_accuracy_drop"], report["evaluation_risk_name"],
+                report["evaluation_risk"], report["evaluation_risk_lower_bound"], report["accuracy_drop"])
+
+
 def analyse_evaluation(model: nn.Module, dataset: ImageDataset, profile: FlopsProfile, args: AnalysisArguments,
                        runs: ModelRuns, output_dir: str | Path, calibration: Calibration | None = None,
                        seed: int = 0) -> dict[str, Any]:
@@ -233,6 +243,7 @@ def analyse_evaluation(model: nn.Module, dataset: ImageDataset, profile: FlopsPr
                 "speed-up %.3f%s; written to %s", report["strategy"], report["threshold"], report["accuracy"],
                 report["final_accuracy"], report["layer_speedup"], report["flops_speedup"],
                 f", measured speed-up {report['measured_speedup']:.3f}" if args.measure_speedup else "", output_dir)
+    log_budget(report)
     log_tradeoff_curves(curves)
     if log_figures_to_wandb(figures):
         import wandb

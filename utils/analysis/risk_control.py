@@ -77,8 +77,13 @@ def upper_confidence_bound(errors: int, samples: int, delta: float, bound: str =
         return 1.0
     if bound == "binomial":
         return float(beta.ppf(1.0 - delta, errors + 1, samples - errors))
-    low, high = errors / samples, 1.0  # p_value(low) = 1 > delta; p_value(1) = 0 <= delta
-    for _ in range(60):  # bisection to float precision (the p-value is monotone in epsilon)
+    return smallest_passing_risk(errors, samples, errors / samples, 1.0, delta, bound)
+
+
+def smallest_passing_risk(errors: int, samples: int, low: float, high: float, delta: float, bound: str) -> float:
+    """The smallest risk level epsilon in (`low`, `high`] at which `errors` errors on `samples` images pass the test
+    at `delta`, by bisection to float precision (the p-value is monotone in epsilon); `low` must fail, `high` pass."""
+    for _ in range(60):
         middle = (low + high) / 2
         if p_value(errors, samples, middle, bound) <= delta:
             high = middle

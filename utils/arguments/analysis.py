@@ -8,6 +8,9 @@ from models.criteria import get_criterion
 
 # How `--risk_level` certifies (utils.analysis.certification, utils.analysis.risk_control).
 RISKS = ("accuracy", "consistency")
+# What each risk counts per image, as reports name it.
+RISK_NAMES = {"accuracy": "accuracy risk (early answer wrong where the final classifier is right)",
+              "consistency": "consistency risk (early answer differs from the final classifier's)"}
 RISK_BOUNDS = ("binomial", "hoeffding_bentkus")
 THRESHOLD_PATHS = ("shared", "depth")
 

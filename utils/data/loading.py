@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 
 from utils.arguments import DataTrainingArguments
 from utils.data.digits import load_digits_dataset
 from utils.data.image_folder import load_image_folders
+from utils.data.provenance import held_out_rows, split_record
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +96,15 @@ def split_train_eval(dataset: DatasetDict, train_val_split: float) -> DatasetDic
     return DatasetDict(splits)
 
 
-def hold_out_calibration(dataset: DatasetDict, fraction: float) -> DatasetDict:
+def hold_out_calibration(dataset: DatasetDict, fraction: float) -> tuple[DatasetDict, list[int] | None]:
     """Move a stratified `fraction` of train (fixed seed) into a `calibration` split that no stage trains on, for
-    choosing exit thresholds (`utils.analysis`) on data the evaluation split never sees either."""
+    choosing exit thresholds (`utils.analysis`) on data the evaluation split never sees either; returns the dataset
+    and the held-out row numbers of train (None when nothing is held out)."""
     if fraction <= 0.0 or "train" not in dataset:
-        return dataset
-    parts = dataset["train"].train_test_split(test_size=fraction, seed=SPLIT_SEED, stratify_by_column="labels")
-    dataset["train"], dataset["calibration"] = parts["train"], parts["test"]
-    return dataset
+        return dataset, None
+    kept, held_out = held_out_rows(dataset["train"], fraction, SPLIT_SEED)
+    dataset["train"], dataset["calibration"] = dataset["train"].select(kept), dataset["train"].select(held_out)
+    return dataset, held_out
 
 
 def cap_samples(dataset: DatasetDict, max_train: int | None, max_eval: int | None, seed: int) -> DatasetDict:
@@ -117,12 +120,23 @@ def load_datasets(
 ) -> DatasetDict:
     """`train` and `validation` splits (and `calibration` with `--calibration_split`) with columns `image`
     (undecoded) and `labels` (ClassLabel)."""
+    return load_datasets_with_record(data_args, seed, cache_dir, token)[0]
+
+
+def load_datasets_with_record(
+    data_args: DataTrainingArguments, seed: int, cache_dir: str | None = None, token: str | None = None
+) -> tuple[DatasetDict, dict[str, Any] | None]:
+    """As `load_datasets`, with the record of the train split and of its calibration rows
+    (`utils.data.provenance.split_record`; None without a train split)."""
     dataset = standardize_columns(load_raw_dataset(data_args, cache_dir, token), data_args)
+    validation_from_train = not any(name in dataset for name in EVAL_SPLIT_NAMES)
     dataset = split_train_eval(dataset, data_args.train_val_split)
-    dataset = hold_out_calibration(dataset, data_args.calibration_split)
+    pool = dataset.get("train")
+    dataset, held_out = hold_out_calibration(dataset, data_args.calibration_split)
+    record = None if pool is None else split_record(data_args, pool, validation_from_train, held_out, SPLIT_SEED)
     dataset = cap_samples(dataset, data_args.max_train_samples, data_args.max_eval_samples, seed)
     logger.info("Dataset: %s", {split: len(data) for split, data in dataset.items()})
-    return dataset
+    return dataset, record
 
 
 def label_names(dataset: DatasetDict) -> list[str]:

@@ -121,3 +121,12 @@ def load_model(model_args: ModelArguments, config: PretrainedConfig) -> PreTrain
         **hub_kwargs(model_args),
     )
 
+
+def record_training_data(config: PretrainedConfig, split: dict[str, Any], started_from: str | None,
+                         output_dir: str) -> None:
+    """Append this training stage to the config's `training_data` (the stages of the checkpoint it starts from
+    come first): its split record (`utils.data.provenance.split_record`), train strategy, output directory and
+    starting checkpoint (None from scratch)."""
+    stage = {"train_strategy": config.train_strategy, "num_exits": config.num_exits, "output_dir": output_dir,
+             "started_from": started_from, **split}
+    config.training_data = [*(config.training_data or []), stage]
