@@ -127,3 +127,17 @@ def test_deciding_the_exits_of_an_evaluation_batch_reads_nothing_on_the_host(cri
             decide_from_logits(config.exit_settings(), outputs.exit_logits, outputs.final_logits,
                                config.exit_positions(), config.num_blocks)
     assert traffic.reads == [] and traffic.from_host == []
+
+
+def test_on_an_accelerator_batches_reach_the_device_without_blocking_the_host(monkeypatch) -> None:
+    """accelerate's loader copies each batch to the device; on an accelerator it does so from pinned memory with
+    `non_blocking`, unless the user gives an accelerator configuration of their own."""
+    from utils.arguments import TrainingArguments
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    arguments = TrainingArguments(output_dir="unused", dataloader_num_workers=0)
+    assert arguments.accelerator_config.non_blocking and arguments.dataloader_pin_memory
+    own = TrainingArguments(output_dir="unused", dataloader_num_workers=0, accelerator_config={"non_blocking": False})
+    assert not own.accelerator_config.non_blocking
+    monkeypatch.undo()
+    assert not TrainingArguments(output_dir="unused").accelerator_config.non_blocking  # CPU: nothing pinned

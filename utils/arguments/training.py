@@ -38,7 +38,8 @@ class TrainingArguments(HfTrainingArguments):
       reads every micro-batch's loss on the host; a NaN or infinite loss then shows in the logged loss instead of
       being replaced), and `ddp_find_unused_parameters` to False (every trainable parameter gets a gradient at every
       step, the alternating strategies keeping the exits in the graph with zero-weighted terms, so DDP need not
-      search the graph after each backward);
+      search the graph after each backward); on an accelerator, batches go from pinned memory to the device without
+      blocking the host (accelerate's `non_blocking` loader option, unless `--accelerator_config` is given);
     - `check_only` stops a run once its arguments, data splits and model configuration are checked;
     - without an accelerator, memory is not pinned and `use_cpu` is on (CPU mixed precision and CPU distributed
       runs need it: otherwise accelerate starts the process group but not distributed mode, and each rank evaluates
@@ -93,6 +94,8 @@ class TrainingArguments(HfTrainingArguments):
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False  # nothing to pin for; torch warns at every epoch otherwise
             self.use_cpu = True
+        elif self.accelerator_config is None:
+            self.accelerator_config = {"non_blocking": True}
         self.precision_choice = self.apply_precision()
         self.batch_split = self.apply_global_batch()
         if self.dataloader_num_workers is None:

@@ -35,8 +35,7 @@ class ExitTrainer(StagedCheckpointSaving, Trainer):
     augmentation seeds change between epochs in every process and in persistent loader workers (accelerate
     forwards the epoch to the dataset only in single-process runs);
     - batches of uint8 images are normalised once they are on the device (`normalization`, the
-    `utils.data.transforms.Normalization` of the images), so loader workers only decode, crop and flip; batches are
-    copied to the device without blocking the host (from pinned memory on a GPU);
+    `utils.data.transforms.Normalization` of the images), so loader workers only decode, crop and flip;
     - the `alternating*` strategies alternate once per optimizer step (`utils.training.alternation`);
     - checkpoints and the best model are reloaded through `from_pretrained` (the exit layout comes with them);
     - `prediction_step` returns `(logits, exit_layer, exit_predictions)` as the predictions, from one model call
@@ -102,12 +101,6 @@ class ExitTrainer(StagedCheckpointSaving, Trainer):
         if self.loss_window is not None:
             self.loss_window.add_data_wait(time.perf_counter() - started)
         return batches
-
-    def _prepare_input(self, data: torch.Tensor | Any) -> torch.Tensor | Any:
-        """As `Trainer._prepare_input`, but a tensor's copy to the device does not block the host."""
-        if isinstance(data, torch.Tensor) and not self.is_deepspeed_enabled:
-            return data.to(self.args.device, non_blocking=True)
-        return super()._prepare_input(data)
 
     def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
         inputs = super()._prepare_inputs(inputs)
