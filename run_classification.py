@@ -56,6 +56,7 @@ from utils.data.transforms import (
     image_processor,
 )
 from utils.training.checkpoints import resume_checkpoint
+from utils.training.environment import run_environment
 from utils.training.logging_setup import configure_wandb, setup_logging
 from utils.training.model_setup import check_label_count, load_config, load_model, record_training_data
 from utils.training.requeue import REQUEUE_EXIT_CODE
@@ -204,7 +205,7 @@ def train(trainer: ExitTrainer, checkpoint: str | bool | None) -> None:
     train_result.metrics["train_samples"] = len(trainer.train_dataset)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", {**train_result.metrics, "environment": run_environment()})
     trainer.save_state()
 
 
@@ -213,7 +214,7 @@ def evaluate(trainer: ExitTrainer) -> dict[str, float]:
     metrics = trainer.evaluate()
     metrics["eval_samples"] = len(trainer.eval_dataset)
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    trainer.save_metrics("eval", {**metrics, "environment": run_environment()})
     return metrics
 
 

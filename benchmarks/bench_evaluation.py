@@ -30,12 +30,17 @@ def one_pass(model, batch: torch.Tensor) -> None:
                        config.exit_positions(), config.num_blocks)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     model = build_model()
     images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -7,9 +7,9 @@ Measures, on CUDA when available (else CPU):
 1. the input pipeline: images/s of one loader worker on ImageNet-like JPEGs, crop 224 + flip, uint8 batches
    (`benchmarks.bench_input_pipeline`);
 2. training steps, images/s, for the base model (no exits), stage 1 (8 LGViT heads, alternating weighted loss)
-   and stage 2 (distillation_LGViT, backbone frozen), in every precision the device trains in (fp32 with TF32 where
-   the GPU has it, bf16, fp16 on CUDA; fp32 and bf16 on CPU): AdamW, forward and backward under autocast as the
-   Trainer runs them, images already on the device;
+   and stage 2 (distillation_LGViT, backbone frozen), in every precision the device trains in (float32 as tf32 on
+   a GPU with TF32, else fp32; bf16, fp16 on CUDA; fp32 and bf16 on CPU): AdamW, forward and backward under
+   autocast as the Trainer runs them, images already on the device;
 3. early-exit evaluation, images/s at batch 64 and 256, in the fastest training precision, with a threshold no
    image reaches (every exit head and decision runs: the cost of a model that is unsure of every image).
 It prints, for every stage and precision, how many loader workers one GPU needs to keep up
@@ -39,7 +39,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, interme
             patch_size=4, num_labels=10)
 STAGES = {"base": dict(num_early_exits=0), "stage1": dict(LGVIT, train_strategy="alternating_weighted"),
           "stage2": dict(LGVIT, train_strategy="distillation_LGViT")}
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model(stage: str, tiny: bool, device: torch.device) -> DeiTHighwayForImageClassification:
@@ -67,7 +67,8 @@ def training_rate(model: torch.nn.Module, precision: str, batch_size: int, steps
         if step == 1:
             synchronise(device)
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=DTYPES[precision] or torch.float32, enabled=precision != "fp32"):
+        with torch.autocast(device.type, dtype=DTYPES[precision] or torch.float32,
+                            enabled=DTYPES[precision] is not None):
             loss = model(images, labels=labels).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -84,7 +85,7 @@ def evaluation_rate(model: torch.nn.Module, precision: str, batch_size: int, bat
     size = model.config.image_size
     images = torch.randn(batch_size, 3, size, size, device=device)
     with torch.no_grad(), torch.autocast(device.type, dtype=DTYPES[precision] or torch.float32,
-                                         enabled=precision != "fp32"):
+                                         enabled=DTYPES[precision] is not None):
         model(images)
         synchronise(device)
         start = time.perf_counter()
@@ -97,10 +98,11 @@ def evaluation_rate(model: torch.nn.Module, precision: str, batch_size: int, bat
 def device_precisions(device: torch.device) -> list[str]:
     """The precisions the Trainer runs on this device (`utils.arguments.precision`)."""
     cuda = local_cuda_device() if device.type == "cuda" else None
-    names = ["fp32", "bf16"] if cuda is None or cuda.has_bf16 else ["fp32"]
+    float32 = "tf32" if cuda is not None and cuda.has_tf32 else "fp32"
+    names = [float32, "bf16"] if cuda is None or cuda.has_bf16 else [float32]
     if cuda is not None:
         names.append("fp16")
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choose_precision("fp32", cuda).tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choose_precision(float32, cuda).tf32
     return names
 
 

@@ -22,10 +22,11 @@ fi
 # MASTER_PORT (node 0's address and a free port), as torchrun's multi-node flags; scripts/slurm/ starts them from
 # SLURM's variables. MAX_RESTARTS > 0 restarts the whole group after a failure, resuming from the last checkpoint
 # (on several nodes through torchrun's c10d rendezvous at MASTER_ADDR:MASTER_PORT, named RDZV_ID).
-# PRECISION (auto, bf16, fp16, fp32), GLOBAL_BATCH_SIZE and NUM_WORKERS change the presets' precision, global batch
-# and loader workers; COMPILE=1 compiles the training step (torch.compile, the Trainer's --torch_compile);
+# PRECISION (auto, bf16, fp16, fp32 = IEEE float32 as in the paper, tf32 = float32 with TF32 products),
+# GLOBAL_BATCH_SIZE (0: off) and NUM_WORKERS change the presets' precision, global batch and loader workers;
+# COMPILE=1 compiles the training step (torch.compile, the Trainer's --torch_compile);
 # `python -m utils.training.launch_plan` prints what they come to before anything runs.
-# DRY_RUN=1 prints the plan and the command without running it.
+# DRY_RUN=1 prints the plan and the command without running it (PLAN_GPU and PLAN_CPUS: plan for another node).
 GPUS_PER_NODE="${GPUS_PER_NODE:-${NUM_GPUS:-}}"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"

@@ -8,6 +8,8 @@
 # EPOCHS sets the epochs of every training stage (default: the presets' 25 for the base model, 15 for stage 1 and
 # 10 for stage 2); SEED the seed (777).
 # Each stage is one run_classification.py command, shown before it starts. Rerunning overwrites the outputs.
+# The last digits depend on the CPU's kernel set (AVX-512, AVX2 or none); `python -m benchmarks.bench_reproducibility`
+# runs the quickstart under each and prints how far every stage moves.
 _lgvit_quickstart() {
     set -euo pipefail
     local SCRIPT_DIR

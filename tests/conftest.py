@@ -11,3 +11,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "launches: the file runs whole launchers or several training processes "
+                                       "(minutes); such files are scheduled first")
+
+
+def pytest_collection_modifyitems(items):
+    """Files marked `launches` run first. The suite's two workers take whole files in collection order, so the long
+    files start early and the short ones fill the end: both workers finish close together."""
+    items.sort(key=lambda item: item.get_closest_marker("launches") is None)

@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 from analysis_helpers import synthetic_cache, synthetic_profile, tiny_model
+from scipy.stats import binom
+from transformers import HfArgumentParser
 
 from models.criteria import get_criterion
 from models.exit_settings import ExitSettings
@@ -19,6 +21,7 @@ from utils.analysis.certification import (
     candidate_table,
     certified_indices,
     certify,
+    certify_budgets,
     fastest,
     record_certification,
     selection_safe_bound,
@@ -244,3 +247,79 @@ def test_the_comparison_shows_the_risk_bound_and_names_the_risk():
     note = budget_note([row], [plain])
     assert "the consistency risk (early answer differs from the final classifier's) that was certified" in note
     assert "(empirical rows: the accuracy risk" in note
+
+
+def test_several_budgets_share_the_risk_level(cache):
+    """Each of k budgets is certified at delta / k: the very choice and critical count of certifying it alone at that
+    level; the first is the one the model keeps, every one is reported with its own setting."""
+    held_out, evaluation = cache.split(0.5, seed=1)
+    profile = synthetic_profile(NUM_EXITS)
+    budgets = [3.0, 1.5, 6.0]
+    calibration = certify_budgets(held_out, profile, "confidence", budgets, 0.1)
+    assert [calibration.max_accuracy_drop] + [other.max_accuracy_drop for other in calibration.others] == budgets
+    for certified, budget in zip((calibration, *calibration.others), budgets):
+        alone = certify(held_out, profile, "confidence", budget, 0.1 / 3)
+        assert certified.settings == alone.settings
+        assert certified.details["critical_errors"] == alone.details["critical_errors"] == critical_errors(
+            300, budget / 100, 0.1 / 3)
+        assert certified.details["certified_risk_bound"] == alone.details["certified_risk_bound"]
+        assert certified.details["budgets"] == 3 and certified.details["risk_level"] == 0.1
+        assert certified.target == f"certified accuracy drop <= {budget:g} points at risk level 0.1 shared by 3 budgets"
+    # The split costs: alone at delta, 3 points allows more errors than at delta / 3.
+    assert critical_errors(300, 0.03, 0.1) > calibration.details["critical_errors"]
+    report = evaluation_report(evaluation, profile, calibration.settings, calibration)
+    assert report["max_accuracy_drop"] == 3.0 and [other["max_accuracy_drop"] for other in report["other_budgets"]] \
+        == [1.5, 6.0]
+    for other, certified in zip(report["other_budgets"], calibration.others):
+        assert other == evaluation_report(evaluation, profile, certified.settings, certified)
+        assert other["target"].endswith("shared by 3 budgets") and "evaluation_risk" in other
+    assert report["other_budgets"][1]["flops_speedup"] > report["flops_speedup"]  # a larger budget, faster
+    json.dumps(report)  # analysis_results.json can hold it
+
+
+def test_several_budgets_are_one_try_in_the_record(cache, tmp_path, caplog):
+    profile = synthetic_profile(NUM_EXITS)
+    with caplog.at_level("WARNING", logger="utils.analysis.certification"):
+        record_certification(tmp_path, certify_budgets(cache, profile, "confidence", [3.0, 1.5, 6.0], 0.1))
+        assert not caplog.records
+        record_certification(tmp_path, certify_budgets(cache, profile, "confidence", [3.0, 6.0], 0.1))
+    made = json.loads((tmp_path / CERTIFICATIONS_FILE).read_text())
+    assert [(entry["max_accuracy_drop"], entry["other_budgets"], entry["budgets"]) for entry in made] == [
+        (3.0, [1.5, 6.0], 3), (3.0, [6.0], 2)]
+    assert len(caplog.records) == 1 and "3 (with 1.5, 6) points" in caplog.text and "--extra_budgets" in caplog.text
+
+
+def test_several_budgets_are_checked_before_training(cache):
+    parser = HfArgumentParser(AnalysisArguments)
+    (args,) = parser.parse_args_into_dataclasses(["--max_accuracy_drop", "1", "--risk_level", "0.1",
+                                                  "--extra_budgets", "0.5", "2"])
+    assert args.certified_budgets == [1.0, 0.5, 2.0]
+    for extra, problem in (([1.0], "each different"), ([2.0, 2.0], "each different"), ([0.0], "budgets > 0"),
+                           ([], "budgets > 0")):
+        with pytest.raises(ValueError, match=rf"--extra_budgets=.*{problem}"):
+            AnalysisArguments(max_accuracy_drop=1.0, risk_level=0.1, extra_budgets=extra)
+    with pytest.raises(ValueError, match="--extra_budgets choose how --risk_level certifies: give --risk_level"):
+        AnalysisArguments(max_accuracy_drop=1.0, extra_budgets=[2.0])
+    with pytest.raises(ValueError, match="must be one or more different values"):
+        certify_budgets(cache, synthetic_profile(NUM_EXITS), "confidence", [2.0, 2.0], 0.1)
+    # One point alone at 0.1 needs 230 images; beside a second budget, at 0.05, it needs 299.
+    shared = AnalysisArguments(max_accuracy_drop=2.0, risk_level=0.1, extra_budgets=[1.0])
+    with pytest.raises(ValueError, match=r"298 images, too few .* 1 points .* n >= 299, delta shared by 2 budgets"
+                                         r".*certify fewer --extra_budgets"):
+        check_analysis_request(shared, num_exits=11, calibration_split=0.2, calibration_samples=298,
+                               strategy="confidence")
+    check_analysis_request(shared, num_exits=11, calibration_split=0.2, calibration_samples=299, strategy="confidence")
+    with pytest.raises(ValueError, match="n >= 299, delta shared by 2 budgets"):
+        certify_budgets(cache.select(torch.arange(298)), synthetic_profile(NUM_EXITS), "confidence", [2.0, 1.0], 0.1)
+
+
+def test_the_docs_example_of_a_bound_chosen_for_passing():
+    """The small example of docs/certified-thresholds.md: at n = 200, 5 points, delta 0.1, at most 5 errors certify
+    (bound 4.59 points); the best of k candidates of true risk 5.5 points shows a pointwise bound below the budget
+    with probability 0.034, 0.158, 0.498 and 0.968 for k = 1, 5, 20, 100."""
+    critical = critical_errors(200, 0.05, 0.1)
+    assert critical == 5 and 100 * upper_confidence_bound(critical, 200, 0.1) == pytest.approx(4.59, abs=0.005)
+    assert 100 * upper_confidence_bound(critical, 200, 0.1) < 5.0 < 100 * upper_confidence_bound(critical + 1, 200, 0.1)
+    one = float(binom.cdf(critical, 200, 0.055))
+    chances = [1 - (1 - one) ** candidates for candidates in (1, 5, 20, 100)]
+    assert chances == pytest.approx([0.034, 0.158, 0.498, 0.968], abs=5e-4)

@@ -6,12 +6,14 @@ evaluation images). Each draw takes a calibration set from it, each rule chooses
 and the choice is measured on the whole population. The certified rule promises that at most a share delta of the
 draws breaks the budget: the upper end of a 99% exact interval of that share must be <= delta. The empirical rule
 must break its own promise (accuracy drop within the budget) in clearly more than delta of the draws, or the test
-could not tell the rules apart. With several patience sequences the same test also fails once the candidates are
-tested in the order of their calibration errors; `power` gives what a number of draws can tell.
+could not tell the rules apart. Every criterion, both threshold paths, both bounds and both risks are tested so.
+With several patience sequences the same test also fails once the candidates are tested in the order of their
+calibration errors; `power` gives what a number of draws can tell.
 """
 
 from __future__ import annotations
 
+import shlex
 from bisect import bisect_right
 from pathlib import Path
 
@@ -89,6 +91,23 @@ def test_promise_holds_on_a_synthetic_population(strategy):
     assert_certified_holds_and_empirical_breaks(outcomes)
 
 
+@pytest.mark.parametrize("source, strategy, budget, options", [
+    ("synthetic", "entropy", EPSILON, {}),
+    ("synthetic", "confidence", EPSILON, {"path": "depth"}),
+    ("synthetic", "confidence", 3.0, {"bound": "hoeffding_bentkus"}),  # at 1 point both bounds allow 0 errors
+    ("synthetic", "confidence", 3.0, {"risk": "consistency"}),  # 1 point of disagreement certifies nothing here
+    ("real", "patience", 3.0, {}),  # 1 point certifies only "never leave early" (12 agreeing exits err once)
+    ("real", "entropy", EPSILON, {"risk": "consistency"}),
+], ids=["entropy", "depth", "hoeffding_bentkus", "consistency", "patience", "entropy-consistency"])
+def test_promise_holds_for_every_criterion_path_bound_and_risk(source, strategy, budget, options):
+    """The same test for the other criteria, the depth path, the Hoeffding-Bentkus bound and the consistency risk,
+    with less work (500 draws, grids of 100 thresholds)."""
+    population, profile = synthetic_population(4000, seed=1) if source == "synthetic" else real_population()
+    samples = 300 if source == "synthetic" else 306
+    outcomes = simulate(population, profile, strategy, samples, budget, DELTA, draws=500, num=100, seed=7, **options)
+    assert_certified_holds_and_empirical_breaks(outcomes)
+
+
 def test_promise_holds_on_a_real_runs_logits():
     population, profile = real_population()
     assert len(population) == 576 and population.num_exits == 11
@@ -149,3 +168,19 @@ def test_the_simulated_empirical_rule_is_todays_calibration():
     today = calibrate(draw, profile, "confidence", max_accuracy_drop=EPSILON,
                       thresholds=[settings.thresholds[0] for settings in sequences[0]])
     assert today.settings == chosen
+
+
+def test_the_usage_text_runs():
+    """Every command of the module's usage text names files that exist and runs (with fewer draws)."""
+    usage = risk_simulation.__doc__.split("Usage (from the repository root):")[1].replace("\\\n", " ")
+    commands = [shlex.split(line)[3:] for line in usage.strip().splitlines()]
+    assert len(commands) == 2
+    root = Path(__file__).parent.parent
+    for argv in commands:
+        for flag in ("--logits", "--flops"):
+            if flag in argv:
+                path = root / argv[argv.index(flag) + 1]
+                assert path.is_file(), argv
+                argv[argv.index(flag) + 1] = str(path)
+        summary = risk_simulation.main([*argv, "--draws", "20"])
+        assert set(summary) == {"certified", "empirical"} and summary["certified"]["draws"] == 20

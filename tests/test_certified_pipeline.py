@@ -1,5 +1,6 @@
 """Certified thresholds through run_classification.py: temperatures fitted on one part of the calibration split,
-thresholds certified on the rest, both saved with the model, and the certificate in analysis_results.json."""
+thresholds certified on the rest for two budgets sharing the risk level, the first budget's saved with the model,
+and every certificate in analysis_results.json."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from utils.data.image_dataset import collate_fn
 
 @pytest.fixture(scope="module")
 def certified_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Train a tiny model with exits, scale its exits and certify a 5-point budget at risk level 0.1."""
+    """Train a tiny model with exits, scale its exits and certify a 5-point and a 10-point budget, sharing risk
+    level 0.1; the model keeps the 5-point setting."""
     directory = tmp_path_factory.mktemp("certified")
     args = run_args(directory / "run", config_name=write_config_with_exits(directory), max_steps=80,
                     learning_rate=3e-3, per_device_train_batch_size=32, max_train_samples=None,
                     exit_strategy="confidence", calibration_split=0.2, max_accuracy_drop=5.0, risk_level=0.1,
-                    temperature_split=0.3)
+                    temperature_split=0.3, extra_budgets=[10.0])
     run_classification.main(args)
     return directory / "run"
 
@@ -29,12 +31,17 @@ def certified_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_certificate_and_temperatures_are_reported_and_saved(certified_run: Path) -> None:
     report = read_json(certified_run / "analysis_results.json")
     config = read_json(certified_run / "config.json")
-    assert report["certified"] and report["target"] == "certified accuracy drop <= 5 points at risk level 0.1"
+    assert report["certified"] and report["target"] == ("certified accuracy drop <= 5 points at risk level 0.1 "
+                                                        "shared by 2 budgets")
     assert config["threshold"] == report["threshold"] and config["exit_strategy"] == report["strategy"] == "confidence"
     assert report["exit_fit_samples"] == 92 and report["calibration_samples"] == 306 - 92
     assert report["calibration_errors"] <= report["critical_errors"] and report["certified_risk_bound"] <= 5.0
     made = read_json(certified_run / "certifications.json")  # the record a later certification here warns from
     assert len(made) == 1 and made[0]["max_accuracy_drop"] == 5.0 and made[0]["calibration_samples"] == 306 - 92
+    assert made[0]["other_budgets"] == [10.0] and made[0]["budgets"] == 2
+    (other,) = report["other_budgets"]  # the other budget, certified on the same images, reported beside it
+    assert other["max_accuracy_drop"] == 10.0 and other["calibration_samples"] == 306 - 92
+    assert other["critical_errors"] >= report["critical_errors"] and other["threshold"] <= report["threshold"]
     assert len(report["exit_temperatures"]) == len(report["exit_ece_before"]) == len(report["exit_ece_after"]) == 3
     assert all(temperature != 1.0 for temperature in report["exit_temperatures"])
     assert isinstance(report["accuracy_drop_within_budget"], bool) and report["max_accuracy_drop"] == 5.0

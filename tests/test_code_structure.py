@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # utils/ packages from the lowest layer to the highest: a module may import its own layer and the ones before it.
-LAYERS = ("utils.arguments", "utils.data", "utils.training", "utils.analysis", "utils.export")
+LAYERS = ("utils.arguments", "utils.data", "utils.training", "utils.analysis", "utils.export", "utils.serving")
 MAX_FUNCTION_LINES = 50
 
 

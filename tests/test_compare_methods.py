@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pipeline_helpers import read_json
 from test_pipeline_scripts import ROOT, run_script
@@ -63,6 +64,7 @@ def test_compare_methods_writes_one_table_and_one_figure(tmp_path: Path) -> None
     summary = read_json(out / "comparison.json")
     assert [row["method"] for row in summary["methods"]] == ["PABEE", "LGViT"]
     assert summary["base_accuracy"] == read_json(out / "base" / "eval_results.json")["eval_accuracy"]
+    assert summary["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     for key, row in zip(("PABEE", "LGViT"), summary["methods"]):
         analysis = read_json(out / key / "eval" / "analysis_results.json")
         assert row["criterion"] == yaml.safe_load((ROOT / "configs" / "methods" / f"{key}.yaml").read_text())[

@@ -118,18 +118,29 @@ def test_half_precision_export_keeps_the_float32_decisions(tmp_path):
 
 
 def test_the_default_dynamo_exporter(tmp_path):
-    """torch.export-based graphs (the default exporter), with the plain classifier beside the segments."""
+    """torch.export-based graphs (the default exporter), in a batch and image by image (the single-image graph),
+    with the plain classifier beside the segments. (A Swin export with it takes minutes on a CPU: not in the suite.)"""
     model = tiny_model(seed=3, num_early_exits=2, position_exits=[2, 4], highway_type="LGViT")
     export_onnx(model, tmp_path / "dynamo", full_model=True)
     session = EarlyExitSession(tmp_path / "dynamo")
     pixel_values = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    for threshold in (0.0, 0.3, 1.0):
+    with torch.no_grad():
+        first_exit = model(pixel_values, early_exit=False).exit_logits[0]
+    scores = get_criterion("entropy").score(first_exit).sort().values  # a threshold between two images' scores
+    exits_seen = set()
+    for threshold in (0.0, float(scores[2] + scores[3]) / 2, 2.0):
         model.config.threshold = session.threshold = threshold
         with torch.no_grad():
             expected = model(pixel_values)
         logits, exit_layer = session(pixel_values.numpy())
         assert exit_layer.tolist() == expected.exit_layer.tolist()
         np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4, rtol=1e-4)
+        for row in range(len(pixel_values)):
+            one_logits, one_exit = session(pixel_values[row:row + 1].numpy())
+            assert one_exit.tolist() == expected.exit_layer[row:row + 1].tolist()
+            np.testing.assert_allclose(one_logits, expected.logits[row:row + 1].numpy(), atol=1e-4, rtol=1e-4)
+        exits_seen.update(expected.exit_layer.tolist())
+    assert (session.exit_strategy, True) in session.graphs and len(exits_seen) > 1
     full = onnxruntime.InferenceSession(str(tmp_path / "dynamo" / "full_model.onnx"))
     with torch.no_grad():
         np.testing.assert_allclose(full.run(None, {"pixel_values": pixel_values.numpy()})[0],

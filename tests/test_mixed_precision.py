@@ -140,7 +140,7 @@ def test_auto_picks_bf16_fp16_or_fp32_by_device(device, expected, tf32) -> None:
 
 
 def test_explicit_precisions_and_their_refusals() -> None:
-    assert choose_precision("fp32", NEW_GPU).tf32 and not choose_precision("fp32", OLD_GPU).tf32
+    assert not choose_precision("fp32", NEW_GPU).tf32 and not choose_precision("fp32", OLD_GPU).tf32
     assert choose_precision("bf16", None).mixed == "bf16"
     with pytest.raises(ValueError, match="bfloat16.*PRECISION=fp16"):
         choose_precision("bf16", OLD_GPU)

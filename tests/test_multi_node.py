@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 import run_classification
 from utils.training.requeue import REQUEUE_EXIT_CODE
 
+pytestmark = pytest.mark.launches
+
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--max_train_samples", "64", "--max_eval_samples", "30", "--eval_strategy", "no", "--disable_tqdm", "True",
          "--load_best_model_at_end", "False", "--learning_rate", "1e-3", "--logging_steps", "1"]
@@ -121,16 +123,30 @@ def worker_processes(output_dir: Path) -> list[int]:
     return found
 
 
+RESTARTED_RUN = [*SHORT, "--max_steps", "16", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit",
+                 "10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run that the restarted ones must end as: base fine-tuning on two processes of one node, never killed."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    finish(start("train_base_deit.sh", root / "clean.log", *RESTARTED_RUN, MAX_RESTARTS="1",
+                 MODEL_NAME_OR_PATH=str(base_model), GPUS_PER_NODE="2", OUTPUT_DIR=str(root / "clean")),
+           root / "clean.log")
+    return root / "clean"
+
+
 @pytest.mark.parametrize("nodes", [1, 2], ids=["one_node", "two_nodes"])
 def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_an_uninterrupted_run(
-        base_model: Path, tmp_path: Path, nodes: int) -> None:
+        base_model: Path, uninterrupted_run: Path, tmp_path: Path, nodes: int) -> None:
     """Base fine-tuning (its presets start over: --overwrite_output_dir True) on two processes, on one node or on two
     (then the c10d rendezvous), checkpoints every 4 of 16 steps; one worker is SIGKILLed once the first checkpoint
     is complete. On two nodes the other node's agent restarts its process without counting a restart: the group
     still agrees that it is one."""
-    args = [*SHORT, "--max_steps", "16", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "10"]
+    args = RESTARTED_RUN
     variables = dict(MAX_RESTARTS="1", MODEL_NAME_OR_PATH=str(base_model))
-    faulty, clean = tmp_path / "faulty", tmp_path / "clean"
+    faulty = tmp_path / "faulty"
     if nodes == 1:
         launchers = [start("train_base_deit.sh", tmp_path / "faulty.log", *args, **variables, GPUS_PER_NODE="2",
                            OUTPUT_DIR=str(faulty))]
@@ -151,12 +167,11 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_an_uninter
     log = "".join(finish(process, path) for process, path in zip(launchers, logs))
     assert "exitcode: -9" in log
     assert "Restart 1 of this run after a failure: resuming from" in log and str(faulty / "checkpoint-") in log
-    finish(start("train_base_deit.sh", tmp_path / "clean.log", *args, **variables, GPUS_PER_NODE="2",
-                 OUTPUT_DIR=str(clean)), tmp_path / "clean.log")
 
-    resumed, uninterrupted = load_file(faulty / "model.safetensors"), load_file(clean / "model.safetensors")
+    resumed, uninterrupted = load_file(faulty / "model.safetensors"), load_file(uninterrupted_run / "model.safetensors")
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
-    history = [json.loads((run / "trainer_state.json").read_text())["log_history"] for run in (faulty, clean)]
+    history = [json.loads((run / "trainer_state.json").read_text())["log_history"]
+               for run in (faulty, uninterrupted_run)]
     losses = [[(entry["step"], entry["loss"]) for entry in run if "loss" in entry] for run in history]
     assert losses[0] == losses[1] and [step for step, _ in losses[0]] == list(range(1, 17))
     # What was written before the fault is still there.

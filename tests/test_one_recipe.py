@@ -33,6 +33,8 @@ from safetensors.torch import load_file
 import run_classification
 from models import DeiTHighwayForImageClassification
 
+pytestmark = pytest.mark.launches
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["--max_train_samples", "48", "--max_steps", "4", "--do_eval", "False", "--eval_strategy", "no",
          "--disable_tqdm", "True", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "3",

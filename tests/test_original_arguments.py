@@ -12,7 +12,7 @@ from pipeline_helpers import TINY_CONFIG, run_args
 from transformers import ViTImageProcessor
 
 import run_classification
-from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
+from models import DeiTHighwayConfig, DeiTHighwayForImageClassification, SwinHighwayConfig
 from utils.arguments import parse_arguments
 from utils.data.transforms import Normalization
 from utils.training.model_setup import load_config
@@ -137,6 +137,24 @@ def test_a_model_type_that_contradicts_the_checkpoint_is_refused(tmp_path: Path)
                                       "--dataset_name", "digits", "--output_dir", "x"])
     with pytest.raises(ValueError, match="--model_type swin does not match"):
         load_config(model_args, ["a", "b"])
+
+
+@pytest.mark.parametrize("model_type, backbone", [("vit", "DeiT"), ("deit", "ViT"), ("deit", "Swin")])
+def test_a_model_type_of_another_architecture_than_the_checkpoint_is_refused(
+        tmp_path: Path, model_type: str, backbone: str) -> None:
+    """vit and deit share one class, so the check reads the architecture itself (the config's backbone)."""
+    if backbone == "Swin":
+        SwinHighwayConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=2,
+                          num_early_exits=0).save_pretrained(tmp_path)
+    else:
+        DeiTHighwayConfig(**{k: v for k, v in TINY_CONFIG.items() if k != "model_type"},
+                          backbone=backbone).save_pretrained(tmp_path)
+    arguments = ["--model_name_or_path", str(tmp_path), "--dataset_name", "digits", "--output_dir", "x"]
+    model_args, *_ = parse_arguments([*arguments, "--model_type", model_type])
+    with pytest.raises(ValueError, match=f"--model_type {model_type} does not match .*, a {backbone.lower()} model"):
+        load_config(model_args, ["a", "b"])
+    model_args, *_ = parse_arguments([*arguments, "--model_type", backbone.lower()])
+    assert load_config(model_args, ["a", "b"]).num_labels == 2
 
 
 def test_image_processor_name_brings_another_normalisation_and_config_name_defers_to_the_checkpoint(

@@ -30,6 +30,8 @@ from safetensors.torch import load_file
 
 import run_classification
 
+pytestmark = pytest.mark.launches
+
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SAMPLES = 45  # odd, so the distributed sampler pads the last batch with repeated samples (see run_args)
 COUNTS = [f"eval_counts_exit_layer_{n}" for n in range(1, NUM_LAYERS + 1)]

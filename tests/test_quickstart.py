@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_LABELS = {  # table row -> the stage directory whose eval_results.json it shows
@@ -23,7 +24,7 @@ RESULT_KEYS = {
     "full_model_accuracy", "lgvit_accuracy", "lgvit_average_exit_layer", "lgvit_layer_speedup", "lgvit_flops_speedup",
     "lgvit_full_depth_accuracy", "stage1_accuracy", "stage1_average_exit_layer", "stage1_layer_speedup",
     "exit_strategy",
-    "threshold", "eval_samples", "lgvit_exit_counts", "quickstart_seconds",
+    "threshold", "eval_samples", "lgvit_exit_counts", "quickstart_seconds", "environment",
 }
 
 
@@ -58,6 +59,9 @@ def test_results_json_holds_the_promised_numbers(quickstart) -> None:
     for key in ("full_model_accuracy", "lgvit_accuracy", "lgvit_full_depth_accuracy", "stage1_accuracy"):
         assert isinstance(results[key], float) and 0.0 <= results[key] <= 1.0, key
     assert results["exit_strategy"] == "confidence" and results["threshold"] == 0.8
+    # The kernel set and libraries it computed with: the ones this process has (same environment variables).
+    assert results["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert results["environment"]["libraries"]["torch"] == torch.__version__.split("+")[0]
     assert results["eval_samples"] == 270 and isinstance(results["quickstart_seconds"], float)
     counts = results["lgvit_exit_counts"]
     assert list(counts) == [str(n) for n in range(1, 13)] and all(isinstance(c, int) for c in counts.values())

@@ -25,6 +25,8 @@ import run_classification
 from utils.training import requeue
 from utils.training.requeue import REQUEUE_EXIT_CODE, StopOnSignal
 
+pytestmark = pytest.mark.launches
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "digits"
 SHORT = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--max_train_samples", "32",

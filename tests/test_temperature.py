@@ -10,7 +10,13 @@ from analysis_helpers import images, tiny_model, tiny_swin
 
 from utils.analysis.metrics import expected_calibration_error
 from utils.analysis.sweep import CachedLogits, collect_logits
-from utils.analysis.temperature import check_folded, fit_exit_temperatures, fit_temperature, fold_temperatures
+from utils.analysis.temperature import (
+    check_folded,
+    fit_exit_temperatures,
+    fit_temperature,
+    fold_temperatures,
+    scale_exits,
+)
 
 
 def test_fit_recovers_the_temperature_of_overconfident_logits():
@@ -56,3 +62,28 @@ def test_exit_temperatures_are_fitted_per_exit():
     labels = torch.multinomial(torch.softmax(base, -1), 1, generator=generator).squeeze(1)
     cache = CachedLogits(torch.stack([base * 0.5, base * 2.0]), base, labels, (1, 2), 3)
     assert fit_exit_temperatures(cache) == pytest.approx([0.5, 2.0], rel=0.07)
+
+
+def test_temperatures_are_fitted_on_images_the_thresholds_never_see():
+    """`scale_exits` fits on its share of the calibration images and hands back only the others, scaled: fitting on
+    the images that then certify (all of them, or the certifying ones) would let them choose the candidates."""
+    model = tiny_model(seed=2)
+    pixels = images(48, seed=3)
+    with torch.no_grad():
+        labels = model(pixels, early_exit=False).final_logits.argmax(-1)  # labels the exits partly predict
+    cache = collect_logits(model, [(pixels, labels)])
+    handed_back = []
+
+    def recollect(indices):
+        handed_back.extend(indices)
+        return collect_logits(model, [(pixels[indices], labels[indices])])
+
+    certifying, fit = scale_exits(model, cache, 0.25, recollect, seed=4)
+    fitting = sorted(set(range(48)) - set(handed_back))
+    assert len(set(handed_back)) == len(handed_back) == len(certifying) == 36
+    assert fit.fit_samples == len(fitting) == 12
+    assert torch.equal(certifying.labels, labels[handed_back])
+    assert fit.temperatures == pytest.approx(fit_exit_temperatures(cache.select(torch.tensor(fitting))), rel=1e-6)
+    # The test can tell the fits apart: the certifying images, or all images, give other temperatures.
+    for other in (handed_back, list(range(48))):
+        assert fit_exit_temperatures(cache.select(torch.tensor(other))) != pytest.approx(fit.temperatures, rel=1e-3)

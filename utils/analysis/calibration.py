@@ -45,6 +45,8 @@ class Calibration:
         max_accuracy_drop: the accuracy budget in points, for an accuracy target.
         details: more about how the setting was chosen, for the report (a certificate,
             `utils.analysis.certification`; exit temperatures, `utils.analysis.temperature`).
+        others: the other budgets certified together with this one on the same images, sharing its risk level
+            (`utils.analysis.certification.certify_budgets`); reported beside it, not applied.
     """
 
     point: SweepPoint
@@ -53,6 +55,7 @@ class Calibration:
     met: bool
     max_accuracy_drop: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    others: tuple[Calibration, ...] = ()
 
     @property
     def settings(self) -> ExitSettings:
@@ -137,7 +140,8 @@ def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: Exit
                       calibration: Calibration | None = None) -> dict[str, Any]:
     """What `settings` achieve on evaluation samples, next to the calibration samples' values when given.
 
-    Accuracies are fractions and `accuracy_drop` is in percentage points (final - early exit).
+    Accuracies are fractions and `accuracy_drop` is in percentage points (final - early exit). The budgets certified
+    beside the calibration's own are reported the same way, each with its own setting, in `other_budgets`.
     """
     point = evaluate_settings(cache, settings, profile)
     final_accuracy = cache.final_accuracy()
@@ -168,6 +172,9 @@ def evaluation_report(cache: CachedLogits, profile: FlopsProfile, settings: Exit
         if calibration.max_accuracy_drop is not None:
             report.update(budget_on_evaluation(cache, settings, calibration.max_accuracy_drop,
                                                calibration.details.get("risk", "accuracy")))
+        if calibration.others:
+            report["other_budgets"] = [evaluation_report(cache, profile, other.settings, other)
+                                       for other in calibration.others]
     return report
 
 

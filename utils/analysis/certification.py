@@ -15,7 +15,9 @@ Every sequence starts with a setting under which no image leaves early and runs 
 is tested in that order and the fastest certified candidate (by FLOPs on the calibration images) is chosen
 (`utils.analysis.risk_control`). The certificate reports the bound at the critical count, which holds whatever was
 chosen (`selection_safe_bound`); `record_certification` lists the certifications made into one output directory and
-warns on a second one, since keeping the best of several tries on one calibration split voids the guarantee.
+warns on a second one, since keeping the best of several tries on one calibration split voids the guarantee. The
+valid way to try several budgets is `certify_budgets`: they share the risk level (Bonferroni), so every one of them
+holds together with the others and any may be kept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +119,9 @@ class CandidateTable:
 
     def select(self, indices: torch.Tensor) -> CandidateTable:
         """The same candidates on the images at `indices` (repeats allowed: draws with replacement)."""
-        return CandidateTable(self.sequences, self.early_correct[:, indices], self.agrees[:, indices],
-                              self.final_correct[indices], self.flops[:, indices])
+        return CandidateTable(self.sequences, self.early_correct.index_select(1, indices),
+                              self.agrees.index_select(1, indices), self.final_correct[indices],
+                              self.flops.index_select(1, indices))
 
     def losses(self, risk: str) -> torch.Tensor:
         """(C, N) bool: the images each candidate gets wrong under `risk` (module docstring)."""
@@ -182,15 +185,30 @@ def fastest(table: CandidateTable, indices: Sequence[int]) -> int | None:
     return min(indices, key=lambda index: (average_flops[index], index), default=None)
 
 
-def too_small_message(samples: int, max_accuracy_drop: float, risk_level: float, sequences: int = 1) -> str:
-    """Why `samples` calibration images cannot certify the budget, and what to change."""
-    needed = minimum_samples(max_accuracy_drop / 100.0, risk_level, sequences)
-    best = 100.0 * upper_confidence_bound(0, samples, risk_level / sequences) if samples else 100.0
+def too_small_message(samples: int, max_accuracy_drop: float, risk_level: float, sequences: int = 1,
+                      budgets: int = 1) -> str:
+    """Why `samples` calibration images cannot certify the budget (one of `budgets` sharing the risk level, with
+    `sequences` candidate sequences each), and what to change."""
+    shares = sequences * budgets
+    needed = minimum_samples(max_accuracy_drop / 100.0, risk_level, shares)
+    best = 100.0 * upper_confidence_bound(0, samples, risk_level / shares) if samples else 100.0
+    split = " and ".join(f"{count} {name}" for count, name in ((budgets, "budgets"), (sequences, "sequences"))
+                         if count > 1)
+    shared = f" / {shares}" if shares > 1 else ""
+    fewer = ", or certify fewer --extra_budgets" if budgets > 1 else ""
     return (f"The calibration split has {samples} images, too few to certify an accuracy drop of at most "
             f"{max_accuracy_drop:g} points at risk level {risk_level:g}: even zero errors on them certify no less "
-            f"than {best:.2f} points ((1 - epsilon)^n <= delta{f' / {sequences}' if sequences > 1 else ''} needs "
-            f"n >= {needed}). Hold out more images (--calibration_split), or allow a larger --max_accuracy_drop or "
-            "--risk_level.")
+            f"than {best:.2f} points ((1 - epsilon)^n <= delta{shared} needs n >= {needed}"
+            f"{', delta shared by ' + split if split else ''}). Hold out more images (--calibration_split), or allow "
+            f"a larger --max_accuracy_drop or --risk_level{fewer}.")
+
+
+def check_sample_count(samples: int, budgets: Sequence[float], risk_level: float, sequences: int = 1) -> None:
+    """Raise a ValueError (`too_small_message`) unless zero errors on `samples` images certify every one of
+    `budgets` (points) at its share of `risk_level`."""
+    for budget in budgets:
+        if samples < minimum_samples(budget / 100.0, risk_level, sequences * len(budgets)):
+            raise ValueError(too_small_message(samples, budget, risk_level, sequences, len(budgets)))
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,8 @@ class Certificate:
             the chosen setting's own error count is not reported: it claims too much once the setting was chosen
             for passing (docs/certified-thresholds.md).
         candidates, certified_candidates, sequences: the size of the search and how much of it was certified.
+        budgets: how many budgets shared `risk_level` (`certify_budgets`); each was tested at
+            risk_level / (budgets * sequences).
     """
 
     max_accuracy_drop: float
@@ -221,6 +241,7 @@ class Certificate:
     candidates: int
     certified_candidates: int
     sequences: int
+    budgets: int = 1
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -228,7 +249,7 @@ class Certificate:
 
 def certify(cache: CachedLogits, profile: FlopsProfile, strategy: str, max_accuracy_drop: float, risk_level: float,
             *, risk: str = "accuracy", bound: str = "binomial", path: str = "shared",
-            patience_values: Sequence[int] | None = None, num: int = GRID_SIZE) -> Calibration:
+            patience_values: Sequence[int] | None = None, num: int = GRID_SIZE, budgets: int = 1) -> Calibration:
     """Choose `strategy`'s setting with a certified accuracy budget on the cached calibration images.
 
     Args:
@@ -238,6 +259,7 @@ def certify(cache: CachedLogits, profile: FlopsProfile, strategy: str, max_accur
         max_accuracy_drop: epsilon, in accuracy points (1.0 = one point).
         risk_level: delta, the probability over the calibration draw that the promise fails (e.g. 0.1).
         risk, bound, path, patience_values, num: see `RISKS`, `risk_control.BOUNDS`, `candidate_sequences`.
+        budgets: how many budgets share `risk_level` (`certify_budgets`); this one is tested at its share.
 
     Returns:
         the chosen setting, with its certificate in `details`.
@@ -249,29 +271,29 @@ def certify(cache: CachedLogits, profile: FlopsProfile, strategy: str, max_accur
     check_levels(epsilon, risk_level)
     sequences = candidate_sequences(strategy, cache.final_logits.shape[-1], cache.exit_layers, cache.num_blocks,
                                     path, patience_values, num)
-    if len(cache) < minimum_samples(epsilon, risk_level, len(sequences)):
-        raise ValueError(too_small_message(len(cache), max_accuracy_drop, risk_level, len(sequences)))
+    if len(cache) < minimum_samples(epsilon, risk_level, budgets * len(sequences)):
+        raise ValueError(too_small_message(len(cache), max_accuracy_drop, risk_level, len(sequences), budgets))
     table = candidate_table(cache, profile, sequences)
-    certified = certified_indices(table, epsilon, risk_level, risk, bound)
+    certified = certified_indices(table, epsilon, risk_level / budgets, risk, bound)
     chosen = fastest(table, certified)
     if chosen is None:
-        raise ValueError(too_small_message(len(cache), max_accuracy_drop, risk_level, len(sequences)))
+        raise ValueError(too_small_message(len(cache), max_accuracy_drop, risk_level, len(sequences), budgets))
     errors = [count for counts in table.errors(risk) for count in counts]
-    level = risk_level / len(sequences)
+    level = risk_level / budgets / len(sequences)
     critical = critical_errors(len(cache), epsilon, level, bound)
     certificate = Certificate(
         max_accuracy_drop=max_accuracy_drop, risk_level=risk_level, risk=risk, risk_bound=bound, threshold_path=path,
         calibration_samples=len(cache), calibration_errors=errors[chosen], critical_errors=critical,
         certified_risk_bound=100.0 * selection_safe_bound(len(cache), epsilon, level, bound),
-        candidates=len(errors), certified_candidates=len(certified), sequences=len(sequences))
+        candidates=len(errors), certified_candidates=len(certified), sequences=len(sequences), budgets=budgets)
     point = evaluate_settings(cache, table.settings[chosen], profile)
     logger.info("Certified %s on %d images (%s, %s bound): %s, %d errors (at most %d certify): risk <= %.3f points "
-                "(budget %g) at risk level %g; expected FLOPs speed-up %.3f.", strategy, len(cache), RISK_NAMES[risk],
+                "(budget %g) at %s; expected FLOPs speed-up %.3f.", strategy, len(cache), RISK_NAMES[risk],
                 bound, get_criterion(strategy).describe(compact_thresholds(point.thresholds), point.patience),
                 certificate.calibration_errors, certificate.critical_errors, certificate.certified_risk_bound,
-                max_accuracy_drop, risk_level, point.flops_speedup)
+                max_accuracy_drop, shared_level(risk_level, budgets), point.flops_speedup)
     return Calibration(point=point, final_accuracy=cache.final_accuracy(),
-                       target=certified_target(max_accuracy_drop, risk_level, risk), met=True,
+                       target=certified_target(max_accuracy_drop, risk_level, risk, budgets), met=True,
                        max_accuracy_drop=max_accuracy_drop, details={"certified": True, **certificate.as_dict()})
 
 
@@ -289,16 +311,35 @@ def selection_safe_bound(samples: int, epsilon: float, delta: float, bound: str 
     return smallest_passing_risk(critical, samples, low, high, delta, bound)
 
 
-def certified_target(max_accuracy_drop: float, risk_level: float, risk: str) -> str:
-    """What a certification promises, in words, naming the risk it certified."""
+def certify_budgets(cache: CachedLogits, profile: FlopsProfile, strategy: str, budgets: Sequence[float],
+                    risk_level: float, **options: Any) -> Calibration:
+    """Certify several accuracy budgets (points) on one calibration split: each at risk_level / len(budgets)
+    (Bonferroni), so with probability at least 1 - risk_level every one holds, and any may be kept by any rule.
+
+    Returns the first budget's calibration (the setting the model keeps), the others in its `others`, in order.
+    `options` are `certify`'s."""
+    if not budgets or len(set(budgets)) < len(budgets):
+        raise ValueError(f"Budgets {list(budgets)} must be one or more different values (accuracy points).")
+    first, *others = [certify(cache, profile, strategy, budget, risk_level, budgets=len(budgets), **options)
+                      for budget in budgets]
+    return replace(first, others=tuple(others))
+
+
+def certified_target(max_accuracy_drop: float, risk_level: float, risk: str, budgets: int = 1) -> str:
+    """What a certification promises, in words, naming the risk it certified (and the budgets sharing the level)."""
     if risk == "consistency":
         return (f"certified disagreement with the final classifier <= {max_accuracy_drop:g} points (so accuracy drop "
-                f"too) at risk level {risk_level:g}")
-    return f"certified accuracy drop <= {max_accuracy_drop:g} points at risk level {risk_level:g}"
+                f"too) at {shared_level(risk_level, budgets)}")
+    return f"certified accuracy drop <= {max_accuracy_drop:g} points at {shared_level(risk_level, budgets)}"
+
+
+def shared_level(risk_level: float, budgets: int) -> str:
+    """The risk level in words, with the budgets that share it."""
+    return f"risk level {risk_level:g}" + (f" shared by {budgets} budgets" if budgets > 1 else "")
 
 
 CERTIFICATIONS_FILE = "certifications.json"  # every certification made into one output directory
-TRY_FIELDS = ("max_accuracy_drop", "risk_level", "risk", "risk_bound", "threshold_path", "sequences",
+TRY_FIELDS = ("max_accuracy_drop", "risk_level", "risk", "risk_bound", "threshold_path", "sequences", "budgets",
               "calibration_samples")
 
 
@@ -312,7 +353,8 @@ def record_certification(output_dir: str | Path, calibration: Calibration) -> No
         return
     path = Path(output_dir) / CERTIFICATIONS_FILE
     made = json.loads(path.read_text()) if path.is_file() else []
-    entry = {"strategy": calibration.settings.strategy, **{key: calibration.details[key] for key in TRY_FIELDS}}
+    entry = {"strategy": calibration.settings.strategy, **{key: calibration.details[key] for key in TRY_FIELDS},
+             "other_budgets": [other.max_accuracy_drop for other in calibration.others]}
     if entry in made:
         return
     made.append(entry)
@@ -324,11 +366,18 @@ def record_certification(output_dir: str | Path, calibration: Calibration) -> No
 
 def several_tries_message(made: list[dict[str, Any]], path: Path) -> str:
     """Why choosing among the certifications in `made` voids the guarantee, and the valid way."""
-    tries = "; ".join(f"{entry['strategy']}, {entry['max_accuracy_drop']:g} points, {entry['risk']} risk, "
+    tries = "; ".join(f"{entry['strategy']}, {budgets_text(entry)} points, {entry['risk']} risk, "
                       f"{entry['risk_bound']} bound, risk level {entry['risk_level']:g}" for entry in made)
     return (f"{len(made)} different certifications were made into {path.parent} (recorded in {path.name}): {tries}. "
             "Keeping the best of several tries on one calibration split voids the guarantee: each holds at its risk "
             "level only if it would have been kept whatever the calibration images showed. To choose among k tries "
-            "validly, run every one of them at --risk_level DELTA / k (Bonferroni); then all hold together with "
-            "probability >= 1 - DELTA and any of them may be kept. Another output directory does not help while the "
-            "calibration split is the same.")
+            "validly, run every one of them at --risk_level DELTA / k (Bonferroni; several budgets of one criterion "
+            "in one run: --max_accuracy_drop with --extra_budgets); then all hold together with probability >= "
+            "1 - DELTA and any of them may be kept. Another output directory does not help while the calibration "
+            "split is the same.")
+
+
+def budgets_text(entry: dict[str, Any]) -> str:
+    """The budget of a recorded certification, with the ones certified beside it."""
+    others = entry.get("other_budgets") or []
+    return f"{entry['max_accuracy_drop']:g}" + (f" (with {', '.join(f'{b:g}' for b in others)})" if others else "")

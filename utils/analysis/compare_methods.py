@@ -3,10 +3,11 @@ figure holding every method's accuracy/speed-up curve.
 
 Reads, for each method, `<output dir>/<method>/eval/analysis_results.json` (the calibrated operating point, measured
 speed-up included) and `sweep.json` (the method's curve under its own exit criterion), and the base model's
-`<output dir>/base/eval_results.json`. Writes `comparison.md`, `comparison.json` and `comparison.png` in the output
-directory and prints the table. With `--report_to wandb` it also logs the table and every method's curve (a table
-with a line plot, `utils.analysis.wandb_tables`) to a wandb run of job type `compare` (project `WANDB_PROJECT`, else
-`LGViT_methods`; offline without an API key).
+`<output dir>/base/eval_results.json` (its accuracy, and the kernel set and library versions the runs recorded).
+Writes `comparison.md`, `comparison.json` and `comparison.png` in the output directory and prints the table. With
+`--report_to wandb` it also logs the table and every method's curve (a table with a line plot,
+`utils.analysis.wandb_tables`) to a wandb run of job type `compare` (project `WANDB_PROJECT`, else `LGViT_methods`;
+offline without an API key).
 
 Usage (from the repository root):
 python -m utils.analysis.compare_methods <output dir> <method> [<method> ...] [--report_to wandb]
@@ -166,7 +167,8 @@ def compare(output_dir: str | Path, methods: list[str], to_wandb: bool = False) 
     """Write comparison.md, comparison.json and comparison.png (and with `to_wandb` log the table and the curves to
     the active wandb run); returns the rows and the base accuracy."""
     output_dir = Path(output_dir)
-    base_accuracy = read_json(output_dir / "base" / "eval_results.json")["eval_accuracy"]
+    base = read_json(output_dir / "base" / "eval_results.json")
+    base_accuracy = base["eval_accuracy"]
     rows, curves = [], {}
     for method in methods:
         analysis = read_json(output_dir / method / "eval" / "analysis_results.json")
@@ -182,7 +184,8 @@ def compare(output_dir: str | Path, methods: list[str], to_wandb: bool = False) 
         note += (f" Measured: the median over {timed['timed_rounds']} rounds of full-model time / early-exit time on "
                  f"{timed['timed_images']} evaluation images, with the smallest and largest round in brackets; a "
                  "measurement above the layer speed-up is marked broken.")
-    summary = {"base_accuracy": base_accuracy, "methods": rows}
+    # The kernel set and library versions of the runs (None from runs that did not record them).
+    summary = {"base_accuracy": base_accuracy, "environment": base.get("environment"), "methods": rows}
     if rows and rows[0]["certified"]:  # scripts/compare_methods.sh with RISK_LEVEL also ran the empirical rule
         summary["empirical"] = [method_row(method, read_json(output_dir / method / "eval_empirical" /
                                                              "analysis_results.json")) for method in methods]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .sweep import SweepPoint, pareto_front
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,10 @@ _SPEEDUP_LABELS = {"flops": "FLOPs speed-up (full model / average per sample)",
 
 def new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
     """An empty figure on its own Agg canvas (inches)."""
+    # matplotlib is imported on the first figure, not with this module: a training launch draws none and starts faster.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)  # an explicit Agg canvas: no pyplot, no global backend
     return figure

@@ -43,6 +43,8 @@ def summarise(output_dir: Path, seconds: float | None = None) -> dict:
         "eval_samples": lgvit["eval_samples"],
         "lgvit_exit_counts": {str(n): lgvit[f"eval_counts_exit_layer_{n}"]
                               for n in range(1, config["num_hidden_layers"] + 1)},
+        # The kernel set and library versions the evaluation ran with (None from runs that did not record them).
+        "environment": lgvit.get("environment"),
     }
     if seconds is not None:
         results["quickstart_seconds"] = seconds
@@ -78,6 +80,10 @@ def main(argv: list[str]) -> None:
           f"{results['exit_strategy']}, threshold {results['threshold']}):\n")
     print(table(summary["rows"]))
     print(f"\nExits per layer (LGViT): {results['lgvit_exit_counts']}")
+    if results["environment"] is not None:
+        environment = results["environment"]
+        print(f"Kernel set {environment['cpu_capability']}, torch {environment['libraries']['torch']}, "
+              f"transformers {environment['libraries']['transformers']}")
     print(f"Written to {output_dir / 'results.json'}")
 
 

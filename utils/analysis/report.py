@@ -33,10 +33,9 @@ from torch.utils.data import DataLoader, Subset
 
 from models.criteria import get_criterion
 from utils.analysis.calibration import Calibration, calibrate, evaluation_report, write_exit_settings
-from utils.analysis.certification import certify, sequence_count, too_small_message
+from utils.analysis.certification import certify_budgets, check_sample_count, sequence_count
 from utils.analysis.flops import FlopsProfile
 from utils.analysis.plots import log_figures_to_wandb, plot_exit_accuracy, plot_exit_histogram, plot_tradeoff
-from utils.analysis.risk_control import minimum_samples
 from utils.analysis.sweep import (
     CachedLogits,
     collect_logits,
@@ -72,8 +71,7 @@ def check_analysis_request(args: AnalysisArguments, num_exits: int, calibration_
     if args.certifies and calibration_samples is not None:
         samples = calibration_samples - temperature_samples(calibration_samples, args.temperature_split)
         sequences = sequence_count(criterion, args.certified_patience) if criterion else 1
-        if samples < minimum_samples(args.max_accuracy_drop / 100.0, args.risk_level, sequences):
-            raise ValueError(too_small_message(samples, args.max_accuracy_drop, args.risk_level, sequences))
+        check_sample_count(samples, args.certified_budgets, args.risk_level, sequences)
 
 
 @dataclass(frozen=True)
@@ -153,10 +151,10 @@ def calibrate_to_budget(model: nn.Module, dataset: ImageDataset, profile: FlopsP
                                  tolerance=runs.rounding(model))
     if args.certifies:
         own = model.config.exit_settings()
-        calibration = certify(cache, profile, strategy, args.max_accuracy_drop, args.risk_level, risk=args.risk,
-                              bound=args.risk_bound, path=args.threshold_path,
-                              patience_values=args.certified_patience or ([own.patience] if own.strategy == strategy
-                                                                          else None))
+        calibration = certify_budgets(cache, profile, strategy, args.certified_budgets, args.risk_level,
+                                      risk=args.risk, bound=args.risk_bound, path=args.threshold_path,
+                                      patience_values=args.certified_patience or (
+                                          [own.patience] if own.strategy == strategy else None))
     else:
         calibration = calibrate(cache, profile, strategy, target_speedup=args.target_speedup,
                                 max_accuracy_drop=args.max_accuracy_drop, speedup=args.calibration_speedup)

@@ -12,8 +12,8 @@ candidates). With `temperature_samples`, each draw first fits exit temperatures 
 certifies on the scaled logits (`utils.analysis.temperature`).
 
 Usage (from the repository root):
-    python -m utils.analysis.risk_simulation --logits tests/fixtures/digits_pcee_logits.pt \
-        --flops tests/fixtures/digits_pcee_flops.json --strategy patient_and_confident --calibration_samples 306
+    python -m utils.analysis.risk_simulation --logits tests/fixtures/certification/digits_sdn_logits.pt \
+        --flops tests/fixtures/certification/digits_sdn_flops.json --strategy confidence --calibration_samples 306
     python -m utils.analysis.risk_simulation --synthetic 5000 --strategy confidence --calibration_samples 300
 """
 
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--risk", choices=RISKS, default="accuracy")
     parser.add_argument("--risk_bound", choices=RISK_BOUNDS, default="binomial")
     parser.add_argument("--threshold_path", choices=THRESHOLD_PATHS, default="shared")
+    parser.add_argument("--certified_patience", type=int, nargs="+",
+                        help="patience counts of patient_and_confident, one sequence each (Bonferroni)")
+    parser.add_argument("--grid", type=int, default=GRID_SIZE, help="thresholds per candidate sequence")
     parser.add_argument("--temperature_samples", type=int, default=0,
                         help="also run the certified rule with exit temperatures fitted on this many more images")
     parser.add_argument("--temperature_draws", type=int, default=200, help="draws of the temperature-scaled run")
@@ -246,11 +249,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, object]]:
         profile = read_profile(args.flops) if args.flops else unit_profile(cache)
     results = simulate(cache, profile, args.strategy, args.calibration_samples, args.max_accuracy_drop,
                        args.risk_level, args.draws, risk=args.risk, bound=args.risk_bound, path=args.threshold_path,
-                       seed=args.seed)
+                       patience_values=args.certified_patience, num=args.grid, seed=args.seed)
     if args.temperature_samples:
         results["temperature"] = simulate_with_temperatures(
             cache, profile, args.strategy, args.calibration_samples, args.temperature_samples, args.max_accuracy_drop,
-            args.risk_level, args.temperature_draws, risk=args.risk, bound=args.risk_bound, seed=args.seed)
+            args.risk_level, args.temperature_draws, risk=args.risk, bound=args.risk_bound, num=args.grid,
+            seed=args.seed)
     summary = {name: result.as_dict() for name, result in results.items()}
     for result in results.values():
         low, high = result.failure_interval(result.risk_failures)

@@ -36,6 +36,13 @@ class AnalysisArguments:
         metadata={"help": "Certify --max_accuracy_drop: with probability >= 1 - risk_level over the calibration draw, "
                           "new images from the same distribution lose at most that many points (e.g. 0.1)."},
     )
+    extra_budgets: list[float] | None = field(
+        default=None,
+        metadata={"help": "More accuracy budgets (points) certified beside --max_accuracy_drop on the same calibration "
+                          "split: the 1 + k budgets share --risk_level (each certified at risk_level / (1 + k), "
+                          "Bonferroni), so all hold together and any may be kept; every one is reported "
+                          "(other_budgets), the model keeps --max_accuracy_drop's setting."},
+    )
     risk: str = field(
         default="accuracy",
         metadata={"help": "What --risk_level certifies per image: accuracy (early answer wrong where the final "
@@ -111,10 +118,10 @@ class AnalysisArguments:
                 raise ValueError("--risk_level certifies an accuracy budget: give --max_accuracy_drop > 0 too.")
             if not 0.0 < self.risk_level < 1.0:
                 raise ValueError(f"--risk_level={self.risk_level} must lie strictly between 0 and 1, e.g. 0.1.")
-        elif (self.risk, self.risk_bound, self.threshold_path, self.certified_patience) != (
-                "accuracy", "binomial", "shared", None):
-            raise ValueError("--risk, --risk_bound, --threshold_path and --certified_patience choose how --risk_level "
-                             "certifies: give --risk_level (e.g. 0.1) too.")
+        elif (self.risk, self.risk_bound, self.threshold_path, self.certified_patience, self.extra_budgets) != (
+                "accuracy", "binomial", "shared", None, None):
+            raise ValueError("--risk, --risk_bound, --threshold_path, --certified_patience and --extra_budgets choose "
+                             "how --risk_level certifies: give --risk_level (e.g. 0.1) too.")
         for name, value, allowed in (("risk", self.risk, RISKS), ("risk_bound", self.risk_bound, RISK_BOUNDS),
                                      ("threshold_path", self.threshold_path, THRESHOLD_PATHS)):
             if value not in allowed:
@@ -122,11 +129,26 @@ class AnalysisArguments:
         if self.certified_patience is not None and (not self.certified_patience
                                                     or min(self.certified_patience) < 1):
             raise ValueError(f"--certified_patience={self.certified_patience} must list whole numbers >= 1.")
+        if self.extra_budgets is not None:
+            self.check_extra_budgets()
         if not 0.0 <= self.temperature_split < 1.0:
             raise ValueError(f"--temperature_split={self.temperature_split} must be in [0, 1), e.g. 0.3.")
         if self.temperature_split > 0.0 and not self.calibrates:
             raise ValueError("--temperature_split scales the exits before calibrating thresholds: give "
                              "--max_accuracy_drop or --target_speedup too.")
+
+    def check_extra_budgets(self) -> None:
+        """Refuse extra budgets that are missing, not positive, or repeated (a repeat would only lower the level)."""
+        budgets = self.certified_budgets
+        if not self.extra_budgets or min(budgets) <= 0.0 or len(set(budgets)) < len(budgets):
+            raise ValueError(f"--extra_budgets={self.extra_budgets} must list accuracy budgets > 0 (points), each "
+                             f"different from the others and from --max_accuracy_drop={self.max_accuracy_drop:g}, "
+                             "e.g. --max_accuracy_drop 1 --extra_budgets 0.5 2.")
+
+    @property
+    def certified_budgets(self) -> list[float]:
+        """The budgets --risk_level certifies: --max_accuracy_drop's (the one the model keeps) first."""
+        return [self.max_accuracy_drop, *(self.extra_budgets or [])]
 
     @property
     def certifies(self) -> bool:

@@ -45,7 +45,8 @@ class ModelArguments:
     model_type: str | None = field(
         default=None,
         metadata={"help": "Without a checkpoint or config: vit, deit or swin builds the paper's ViT-B/16, DeiT-B or "
-                          "Swin-B (configs/paper/models) from scratch; with one, it must be of this type."},
+                          "Swin-B (configs/paper/models) from scratch; with one, it must name the checkpoint's "
+                          "architecture."},
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Take the image normalisation from this processor (default: the model's)."}

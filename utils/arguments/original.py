@@ -1,7 +1,7 @@
 """The original LGViT scripts' arguments that this project renamed or no longer needs.
 
 Every flag the original scripts passed is accepted. A renamed one is passed on under its new name, a meaningless one
-is dropped, each with a one-line warning that says so; the README's table lists them. This happens before parsing,
+is dropped, each with a one-line warning that says so; docs/original-scripts.md lists them. This happens before parsing,
 so a renamed flag takes part in the usual checks (e.g. `--evaluation_strategy epoch` with
 `--load_best_model_at_end`).
 """

@@ -54,14 +54,17 @@ class TrainingArguments(HfTrainingArguments):
     precision: str | None = field(
         default=None,
         metadata={"help": f"One of {', '.join(PRECISIONS)}: auto is bf16 mixed precision on CUDA GPUs with bfloat16, "
-                          "fp16 on older ones, fp32 on CPU; TF32 products for float32 work on GPUs that have them. "
+                          "fp16 on older ones, fp32 on CPU, with TF32 products for the float32 work of mixed "
+                          "precision on GPUs that have them; fp32 is IEEE float32 throughout (TF32 off, the paper's "
+                          "setting); tf32 is float32 with TF32 products (GPUs of compute capability 8.0 and newer). "
                           "None keeps --bf16/--fp16/--tf32 as given."},
     )
     global_batch_size: int | None = field(
         default=None,
         metadata={"help": "Images per optimizer step over all processes (the paper: 192); the per-device batch and "
                           "gradient accumulation follow from the process count, --per_device_train_batch_size being "
-                          "the largest per-device batch."},
+                          "the largest per-device batch. 0 turns the rule off (e.g. over a preset's 192): "
+                          "--per_device_train_batch_size and --gradient_accumulation_steps then apply as given."},
     )
     dataloader_num_workers: int | None = field(
         default=None,
@@ -106,21 +109,32 @@ class TrainingArguments(HfTrainingArguments):
         super().__post_init__()
 
     def apply_precision(self) -> PrecisionChoice | None:
-        """Set `bf16`, `fp16` and (unless given) `tf32` from `precision`; None when no precision was asked for."""
+        """Set `bf16`, `fp16` and (unless given) `tf32` from `precision`; None when no precision was asked for.
+
+        A `--bf16`, `--fp16` or `--tf32` given beside `--precision` must agree with it; the one freedom left is
+        `--tf32 False` beside a mixed precision, for IEEE float32 in the work autocast leaves in float32.
+        """
         if self.precision is None:
             return None
         choice = choose_precision(self.precision, None if self.use_cpu else local_cuda_device())
         if (self.bf16 and choice.mixed != "bf16") or (self.fp16 and choice.mixed != "fp16"):
             raise ValueError(f"--precision {self.precision} means {choice.name} here ({choice.reason}), which "
                              "contradicts --bf16/--fp16: give only one of them.")
+        if self.tf32 is True and not choice.tf32:
+            raise ValueError(f"--precision {self.precision} means {choice.name} here ({choice.reason}), with TF32 "
+                             "off, which contradicts --tf32 True: use --precision tf32 (PRECISION=tf32) on a GPU "
+                             "that has TF32, or drop --tf32.")
+        if self.tf32 is False and choice.name == "tf32":
+            raise ValueError("--precision tf32 (float32 with TF32 products) contradicts --tf32 False: use --precision "
+                             "fp32 (PRECISION=fp32) for IEEE float32.")
         self.bf16, self.fp16 = choice.mixed == "bf16", choice.mixed == "fp16"
-        if self.tf32 is None and choice.tf32:
-            self.tf32 = True
+        if self.tf32 is None:
+            self.tf32 = choice.tf32
         return choice
 
     def apply_global_batch(self) -> BatchSplit | None:
-        """Set the per-device batch and accumulation steps from `global_batch_size`; None without one."""
-        if self.global_batch_size is None:
+        """Set the per-device batch and accumulation steps from `global_batch_size`; None without one (or 0)."""
+        if not self.global_batch_size:
             return None
         if self.gradient_accumulation_steps != 1:
             raise ValueError("Give --global_batch_size or --gradient_accumulation_steps, not both: the global batch "

@@ -9,12 +9,18 @@ global batch and the loader workers, each decided by the same functions the run 
 launcher (0: no GPU, one plain process). Exits with status 2 and the reason when the run cannot start (no split of
 the global batch, bf16 on a GPU without it, several nodes without GPUS_PER_NODE on a CPU machine).
 
+A dry run can plan for another machine: with `DRY_RUN=1`, `PLAN_GPU="NVIDIA H100 80GB HBM3:9.0"` (the GPU's name
+and compute capability) and `PLAN_CPUS=72` (the node's CPU cores) stand for the node's hardware, so a machine without
+a GPU shows the precision and loader workers of a GPU node (`GPUS_PER_NODE` gives its GPU count). Without `DRY_RUN`
+they are refused: a real run plans for the hardware it finds.
+
 Only the standard library and yaml are imported unless GPUs must be counted, so planning takes well under a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +74,7 @@ class LaunchPlan:
     precision: PrecisionChoice | None
     batch: BatchSplit | None
     workers: int
+    planned_for: str | None = None  # the hardware of PLAN_GPU / PLAN_CPUS, when a dry run describes another node
 
     @property
     def processes(self) -> int:
@@ -76,7 +83,8 @@ class LaunchPlan:
     def lines(self) -> list[str]:
         where = (f"{self.nodes} node(s) x {self.processes_per_node} process(es) (torchrun)"
                  if self.processes_per_node else "1 process (no GPU: plain python)")
-        lines = [f"processes: {where}"]
+        lines = [f"planned for: {self.planned_for}"] if self.planned_for else []
+        lines.append(f"processes: {where}")
         if self.precision is not None:
             lines.append(f"precision: {self.precision.name} ({self.precision.reason})")
         if self.batch is not None:
@@ -87,20 +95,55 @@ class LaunchPlan:
         return lines
 
 
-def plan_launch(settings: dict[str, Any], nodes: int, processes_per_node: int,
-                device: CudaDevice | None) -> LaunchPlan:
+def plan_launch(settings: dict[str, Any], nodes: int, processes_per_node: int, device: CudaDevice | None,
+                cpus: int | None = None, planned_for: str | None = None) -> LaunchPlan:
     """Decide precision, batch split and workers for `nodes` x `processes_per_node` processes on `device` (the
-    CUDA GPU of the first process; None without one)."""
+    CUDA GPU of the first process; None without one) with `cpus` cores per node (None: this process's)."""
     precision = None if settings["precision"] is None else choose_precision(str(settings["precision"]), device)
     processes = nodes * max(1, processes_per_node)
     batch = None
-    if str(settings["do_train"]).lower() == "true" and as_int(settings["global_batch_size"]) is not None:
+    if str(settings["do_train"]).lower() == "true" and as_int(settings["global_batch_size"]):  # 0: rule off
         batch = split_global_batch(as_int(settings["global_batch_size"]), processes,
                                    as_int(settings["per_device_train_batch_size"]))
     workers = as_int(settings["dataloader_num_workers"])
     if workers is None:
-        workers = default_workers(max(1, processes_per_node), on_accelerator=device is not None)
-    return LaunchPlan(nodes, processes_per_node, precision, batch, workers)
+        workers = default_workers(max(1, processes_per_node), on_accelerator=device is not None, cpus=cpus)
+    return LaunchPlan(nodes, processes_per_node, precision, batch, workers, planned_for)
+
+
+def planned_hardware(environment: dict[str, str], per_node: int | None) -> tuple[CudaDevice | None, int | None]:
+    """The GPU (`PLAN_GPU`, "name:major.minor") and CPU cores (`PLAN_CPUS`) a dry run plans for; (None, None)
+    when neither is set.
+
+    Raises:
+        ValueError: either set without DRY_RUN, a malformed value, or PLAN_GPU without GPUS_PER_NODE.
+    """
+    gpu, cpus = environment.get("PLAN_GPU"), environment.get("PLAN_CPUS")
+    if not gpu and not cpus:
+        return None, None
+    if not environment.get("DRY_RUN"):
+        raise ValueError("PLAN_GPU and PLAN_CPUS describe another machine for a dry run only: set DRY_RUN=1, or "
+                         "unset them to run on the hardware at hand.")
+    device = None
+    if gpu:
+        name, _, capability = gpu.rpartition(":")
+        major, _, minor = capability.partition(".")
+        if not (name and major.isdigit() and minor.isdigit()):
+            raise ValueError(f"PLAN_GPU={gpu!r} must be the GPU's name and compute capability, e.g. "
+                             "PLAN_GPU='NVIDIA H100 80GB HBM3:9.0'.")
+        if not per_node:
+            raise ValueError("PLAN_GPU needs GPUS_PER_NODE, the planned node's GPU count.")
+        device = CudaDevice(name, (int(major), int(minor)))
+    if cpus and not cpus.isdigit():
+        raise ValueError(f"PLAN_CPUS={cpus!r} must be the planned node's CPU core count, e.g. PLAN_CPUS=72.")
+    return device, int(cpus) if cpus else None
+
+
+def describe_hardware(device: CudaDevice | None, per_node: int, cpus: int | None) -> str:
+    """The planned node in words, for the plan's first line."""
+    gpus = f"{per_node} x {device.name} (PLAN_GPU)" if device else "this machine's GPUs"
+    cores = f"{cpus} CPU cores (PLAN_CPUS)" if cpus else "this machine's CPU cores"
+    return f"a node of {gpus} and {cores}; nothing runs (DRY_RUN)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,22 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     run_arguments = arguments.run_arguments[1:] if arguments.run_arguments[:1] == ["--"] else arguments.run_arguments
     per_node = arguments.processes_per_node
-    device = None
-    if per_node is None or per_node > 0:
-        import torch  # only when GPUs must be counted or described
-
-        per_node = torch.cuda.device_count() if per_node is None else per_node
-        device = local_cuda_device() if torch.cuda.is_available() else None
     try:
+        device, cpus = planned_hardware(dict(os.environ), per_node)
+        planned_for = describe_hardware(device, per_node, cpus) if device or cpus else None
+        if device is None and (per_node is None or per_node > 0):
+            import torch  # only when GPUs must be counted or described
+
+            per_node = torch.cuda.device_count() if per_node is None else per_node
+            device = local_cuda_device() if torch.cuda.is_available() else None
         if arguments.nodes > 1 and per_node == 0:
             raise ValueError("Several nodes (NNODES > 1) need GPUS_PER_NODE, the processes to start on each node "
                              "(on CPU machines too).")
-        plan = plan_launch(run_settings(run_arguments), arguments.nodes, per_node, device)
+        plan = plan_launch(run_settings(run_arguments), arguments.nodes, per_node, device, cpus, planned_for)
     except ValueError as error:
         print(f"Cannot launch: {error}", file=sys.stderr)
         return 2
     for line in plan.lines():
         print(f"=== {line} ===", file=sys.stderr)
+    if per_node > 0 and device is None:
+        print(f"=== note: {per_node} process(es) per node planned on a machine without a CUDA GPU: the precision and "
+              "loader workers above are this machine's; PLAN_GPU and PLAN_CPUS with DRY_RUN=1 plan a GPU node's ===",
+              file=sys.stderr)
     print(plan.processes_per_node)
     return 0
 

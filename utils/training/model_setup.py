@@ -48,6 +48,15 @@ def read_config_dict(source: str, model_args: ModelArguments) -> dict[str, Any]:
     return config_dict
 
 
+def architecture(config_dict: dict[str, Any]) -> str:
+    """The paper's architecture a config describes, as `--model_type` names it: vit, deit or swin (a config with
+    exits says ViT or DeiT in its `backbone` field, a plain transformers config in its model_type)."""
+    model_type = config_dict.get("model_type")
+    if model_type == "deit_highway":
+        return str(config_dict.get("backbone", DeiTHighwayConfig.backbone)).lower()
+    return "swin" if model_type == "swin_highway" else str(model_type)
+
+
 def model_classes(config_dict: dict[str, Any]) -> tuple[type[PretrainedConfig], type[PreTrainedModel]]:
     model_type = config_dict.get("model_type")
     if model_type not in MODEL_CLASSES:
@@ -92,10 +101,11 @@ def load_config(model_args: ModelArguments, labels: list[str]) -> PretrainedConf
     """Config from the checkpoint, --config_name or --model_type, with the dataset's labels and the early-exit
     overrides."""
     source = config_source(model_args)
-    config_class, _ = model_classes(read_config_dict(source, model_args))
-    if model_args.model_type is not None and model_classes({"model_type": model_args.model_type})[0] != config_class:
+    config_dict = read_config_dict(source, model_args)
+    config_class, _ = model_classes(config_dict)
+    if model_args.model_type is not None and model_args.model_type != architecture(config_dict):
         raise ValueError(f"--model_type {model_args.model_type} does not match {source}, a "
-                         f"{config_class.model_type} model; drop --model_type or pick the matching checkpoint.")
+                         f"{architecture(config_dict)} model; drop --model_type or pick the matching checkpoint.")
     overrides = model_args.config_overrides()
     if overrides:
         logger.info("Config overrides: %s", overrides)
