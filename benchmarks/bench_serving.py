@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target_speedup", type=float, default=2.0, help="FLOPs speed-up to calibrate for")
     parser.add_argument("--max_batch", type=int, default=32)
     parser.add_argument("--max_wait_ms", type=float, default=0.0)
-    parser.add_argument("--order", default="deepest", help="the engine's order among ready stages")
+    parser.add_argument("--order", default="fullest", help="the engine's order among ready stages")
     parser.add_argument("--max_delay_ms", type=float, default=float("inf"),
                         help="the engine runs a stage whose oldest image waited this long first")
     parser.add_argument("--policies", nargs="*", default=[],

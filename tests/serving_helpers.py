@@ -1,16 +1,25 @@
-"""Shared set-up of the serving tests: tiny models whose images spread over the exits, and pipelines that can be
-held at a stage or made to fail."""
+"""Shared set-up of the serving tests: tiny models whose images spread over the exits, pipelines that can be held
+at a stage or made to fail, PNG uploads and a saved model to serve them."""
 
 from __future__ import annotations
 
+import io
+import socket
 import threading
+from pathlib import Path
 
+import numpy as np
 import torch
 from analysis_helpers import tiny_model, tiny_swin
 from decision_helpers import spread_logits, thresholds_away_from_scores
+from PIL import Image
 
 from models.criteria import State
+from utils.data.transforms import image_processor
 from utils.serving.pipelines import StageOutput
+from utils.serving.preprocess import ImagePreprocessor
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
 def spread_model(backbone: str = "DeiT", criterion: str = "confidence", num_images: int = 32, seed: int = 0
@@ -54,3 +63,53 @@ class GatedPipeline:
         if stage == self.fail_stage:
             raise RuntimeError("planted failure")
         return self.pipeline.run(stage, inputs, state)
+
+
+def png(seed: int, size: tuple[int, int] = (20, 24)) -> bytes:
+    """A PNG of seeded noise pixels."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_files(seeds) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The multipart files of one upload per seed (field `images`)."""
+    return [("images", (f"{seed}.png", png(seed), "image/png")) for seed in seeds]
+
+
+def save_served_model(directory: Path) -> torch.nn.Module:
+    """A tiny DeiT whose saved confidence thresholds spread PNG uploads over the exits, saved with its processor in
+    `directory`."""
+    model, _ = spread_model("DeiT", "confidence")
+    preprocessor = ImagePreprocessor(16, MEAN, STD)
+    uploads = torch.stack([preprocessor(png(seed)) for seed in range(12)])
+    with torch.no_grad():
+        confidences = torch.stack(model(uploads, early_exit=False).exit_logits).softmax(-1).amax(-1)
+    # per exit, half of the uploads still running at it leave (the threshold halfway between two scores, so no
+    # rounding flips a decision); the last exit lets none leave
+    running, thresholds = torch.ones(len(uploads), dtype=torch.bool), []
+    for scores in confidences[:-1]:
+        ranked = scores[running].sort().values
+        middle = len(ranked) // 2
+        thresholds.append(float(ranked[middle - 1:middle + 1].mean()) if len(ranked) > 1 else 1.0)
+        running &= scores <= thresholds[-1]
+    model.config.threshold = thresholds + [1.0]
+    model.save_pretrained(directory)
+    image_processor(16, MEAN, STD).save_pretrained(directory)
+    return model
+
+
+def expected(model: torch.nn.Module, seeds) -> tuple[list[int], list[int]]:
+    """Labels and exit layers of the model's own batched early exit on the uploads, prepared as the server does."""
+    preprocessor = ImagePreprocessor(16, MEAN, STD)
+    with torch.no_grad():
+        output = model(torch.stack([preprocessor(png(seed)) for seed in seeds]))
+    return output.logits.argmax(-1).tolist(), output.exit_layer.tolist()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

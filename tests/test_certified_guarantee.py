@@ -2,13 +2,14 @@
 
 A population with every exit's logits is known in full: a synthetic multi-exit model, and the cached logits of a
 real run (tests/fixtures/certification: the SDN model of the digits comparison on its 306 calibration and 270
-evaluation images). Each draw takes a calibration set from it, each rule chooses an exit setting on that set,
-and the choice is measured on the whole population. The certified rule promises that at most a share delta of the
-draws breaks the budget: the upper end of a 99% exact interval of that share must be <= delta. The empirical rule
-must break its own promise (accuracy drop within the budget) in clearly more than delta of the draws, or the test
-could not tell the rules apart. Every criterion, both threshold paths, both bounds and both risks are tested so.
-With several patience sequences the same test also fails once the candidates are tested in the order of their
-calibration errors; `power` gives what a number of draws can tell.
+evaluation images, and a weaker SDN model's for the several-sequences test). Each draw takes a calibration set from
+it, each rule chooses an exit setting on that set, and the choice is measured on the whole population. The certified
+rule promises that at most a share delta of the draws breaks the budget: the upper end of a 99% exact interval of
+that share must be <= delta. The empirical rule must break its own promise (accuracy drop within the budget) in
+clearly more than delta of the draws, or the test could not tell the rules apart. Every criterion, both threshold
+paths, both bounds and both risks are tested so. With several patience sequences, on the weaker model's logits, the
+same test also fails once the candidates are tested in the order of their calibration errors; `power` gives what a
+number of draws can tell.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def real_population():
     return read_population(FIXTURES / "digits_sdn_logits.pt"), read_profile(FIXTURES / "digits_sdn_flops.json")
 
 
+def weak_population():
+    """The SDN logits of a weaker digits model (an earlier recipe), where more exits err near the thresholds: the
+    population on which a break of the multiple-testing control shows (see the fixtures' README)."""
+    return read_population(FIXTURES / "digits_sdn_weak_logits.pt"), read_profile(FIXTURES / "digits_sdn_flops.json")
+
+
 def keeps_promise(outcome: RuleOutcome, failures: int) -> bool:
     """The test: with 99% confidence, at most a share delta of the draws breaks the budget."""
     return outcome.failure_interval(failures)[1] <= DELTA
@@ -50,7 +57,7 @@ def keeps_promise(outcome: RuleOutcome, failures: int) -> bool:
 
 def failure_bound(failures: int, draws: int, end: int) -> float:
     """The low (`end` 0) or high (1) end of the 99% interval that `keeps_promise` reads."""
-    return RuleOutcome("", draws, 0, 0, 0.0, 0.0, 0.0).failure_interval(failures)[end]
+    return RuleOutcome("", draws, 0, 0, 0.0, 0.0, 0.0, (0.0, 0.0)).failure_interval(failures)[end]
 
 
 def power(draws: int, chance: float = 0.99) -> tuple[int, float, float]:
@@ -65,8 +72,7 @@ def power(draws: int, chance: float = 0.99) -> tuple[int, float, float]:
     return passing, kept, broken
 
 
-@pytest.mark.parametrize("draws, passing, kept, broken", [(250, 13, 0.027, 0.212), (500, 33, 0.044, 0.176),
-                                                          (1000, 75, 0.058, 0.151)])
+@pytest.mark.parametrize("draws, passing, kept, broken", [(500, 33, 0.044, 0.176), (1000, 75, 0.058, 0.151)])
 def test_the_power_of_the_draws(draws, passing, kept, broken):
     """The figures of docs/certified-thresholds.md; a true failure rate of delta or more fails the test with
     probability >= 99.5% at every number of draws."""
@@ -82,6 +88,9 @@ def assert_certified_holds_and_empirical_breaks(outcomes):
     assert not keeps_promise(empirical, empirical.drop_failures), empirical
     assert empirical.failure_interval(empirical.drop_failures)[0] > DELTA, empirical  # clearly, not by chance
     assert empirical.mean_flops_speedup > certified.mean_flops_speedup > 1.0  # the price of the guarantee
+    for outcome in (certified, empirical):  # the spread of the speed-up over the draws brackets its mean
+        low, high = outcome.flops_speedup_range
+        assert low <= outcome.mean_flops_speedup <= high
 
 
 @pytest.mark.parametrize("strategy", ["confidence", "patient_and_confident"])
@@ -96,7 +105,7 @@ def test_promise_holds_on_a_synthetic_population(strategy):
     ("synthetic", "confidence", EPSILON, {"path": "depth"}),
     ("synthetic", "confidence", 3.0, {"bound": "hoeffding_bentkus"}),  # at 1 point both bounds allow 0 errors
     ("synthetic", "confidence", 3.0, {"risk": "consistency"}),  # 1 point of disagreement certifies nothing here
-    ("real", "patience", 3.0, {}),  # 1 point certifies only "never leave early" (12 agreeing exits err once)
+    ("real", "patience", EPSILON, {}),
     ("real", "entropy", EPSILON, {"risk": "consistency"}),
 ], ids=["entropy", "depth", "hoeffding_bentkus", "consistency", "patience", "entropy-consistency"])
 def test_promise_holds_for_every_criterion_path_bound_and_risk(source, strategy, budget, options):
@@ -117,11 +126,11 @@ def test_promise_holds_on_a_real_runs_logits():
 
 def several_sequences(monkeypatch=None, order=None):
     """The simulation with eight patience counts of `patient_and_confident`, one sequence each (delta / 8 per
-    sequence), at 1.5 points: 306 images certify at delta / 8 (1 point would need 436). With `order`, the
-    certified rule tests the candidates in that order instead (`monkeypatch` replaces it)."""
+    sequence), at 1.5 points, on the weaker model's logits: 306 images certify at delta / 8 (1 point would need
+    436). With `order`, the certified rule tests the candidates in that order instead (`monkeypatch` replaces it)."""
     if order is not None:
         monkeypatch.setattr(risk_simulation, "certified_indices", order)
-    population, profile = real_population()
+    population, profile = weak_population()
     return simulate(population, profile, "patient_and_confident", 306, 1.5, DELTA, draws=500,
                     patience_values=range(1, 9), num=50, seed=6)
 
@@ -152,7 +161,7 @@ def test_the_test_sees_candidates_ordered_by_their_errors(monkeypatch):
 def test_temperature_scaling_keeps_the_promise():
     """Temperatures fitted on other images of the same draw leave the candidates fixed for the certifying images."""
     population, profile = real_population()
-    scaled = simulate_with_temperatures(population, profile, "confidence", 306, 100, EPSILON, DELTA, draws=250,
+    scaled = simulate_with_temperatures(population, profile, "confidence", 306, 100, EPSILON, DELTA, draws=500,
                                         num=100, seed=4)
     assert keeps_promise(scaled, scaled.risk_failures), scaled
     assert scaled.mean_flops_speedup > 1.0

@@ -396,6 +396,11 @@ def project_parsers() -> dict[str, set[str]]:
             parser = importlib.import_module(module).build_parser()
             parsers[module.removesuffix(".__main__")] = {option for action in parser._actions
                                                          for option in action.option_strings}
+    for main in ROOT.glob("utils/**/__main__.py"):  # a package run with -m whose parser lives in another module
+        package = importlib.import_module(".".join(main.parent.relative_to(ROOT).parts))
+        if package.__name__ not in parsers and hasattr(package, "build_parser"):
+            parsers[package.__name__] = {option for action in package.build_parser()._actions
+                                         for option in action.option_strings}
     return parsers
 
 

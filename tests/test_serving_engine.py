@@ -65,7 +65,8 @@ def assert_offline_answers(model: torch.nn.Module, images: torch.Tensor, predict
 
 
 @pytest.mark.parametrize("max_batch,max_wait,order", [(1, 0.0, "deepest"), (3, 0.002, "shallowest"),
-                                                       (5, 0.0, "oldest"), (64, 0.005, "deepest")])
+                                                       (5, 0.0, "oldest"), (64, 0.005, "deepest"),
+                                                       (4, 0.0, "fullest")])
 @pytest.mark.parametrize("criterion", ["confidence", "patient_and_confident"])
 def test_engine_gives_the_offline_batched_early_exit_for_any_arrival_order(max_batch, max_wait, order, criterion):
     model, images = spread_model("DeiT", criterion)
@@ -219,13 +220,18 @@ def test_policy_runs_full_or_due_queues_by_order_and_otherwise_waits():
 
     # stage 0 is full, stage 2 due (waited 0.02 >= 0.01), stage 1 neither: the order picks among 0 and 2
     waiting = queues((8, 0.0), (1, 0.0), (1, 0.02))
-    assert choose_stage(waiting, 10.0, 8, 0.01) == (2, None)
+    assert choose_stage(waiting, 10.0, 8, 0.01, "deepest") == (2, None)
     assert choose_stage(waiting, 10.0, 8, 0.01, "shallowest") == (0, None)
+    assert choose_stage(waiting, 10.0, 8, 0.01) == (0, None)  # the default, fullest: 8 rows against 1
     # a row past max_delay puts its queue first whatever the order
     assert choose_stage(waiting, 10.0, 8, 0.01, "shallowest", max_delay=0.015) == (2, None)
     # oldest: the queue whose oldest row entered the engine first
     ages = [QueueView(8, 10.0, 9.0), QueueView(8, 10.0, 8.0), QueueView(8, 10.0, 9.5)]
     assert choose_stage(ages, 10.0, 8, 0.01, "oldest") == (1, None)
+    # fullest: the most rows, counted up to max_batch, the deepest among equals
+    assert choose_stage(queues((5, 0.0), (7, 0.0), (3, 0.0)), 10.0, 8, 0.0, "fullest") == (1, None)
+    assert choose_stage(queues((20, 0.0), (8, 0.0), (3, 0.0)), 10.0, 8, 0.0, "fullest") == (1, None)
+    assert choose_stage(queues((1, 0.0), (0, 0.0), (1, 0.0)), 10.0, 8, 0.0, "fullest") == (2, None)
     # nothing runnable: sleep until the oldest row falls due
     stage, wake = choose_stage(queues((2, 0.004), (1, 0.001)), 10.0, 8, 0.01)
     assert stage is None and wake == pytest.approx(0.006)

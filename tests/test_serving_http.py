@@ -3,10 +3,8 @@ when full, Prometheus metrics that parse, and a command that starts on a saved m
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,15 +12,14 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import GatedPipeline, spread_model
+from serving_helpers import MEAN, STD, GatedPipeline, expected, free_port, image_files, png, save_served_model
 
-from utils.data.transforms import image_processor
+from models.early_exit_model import EarlyExitMixin
+from utils.export import export_onnx
 from utils.serving.app import RequestLimits, create_app
 from utils.serving.engine import ExitEngine
 from utils.serving.metrics import ServingMetrics
@@ -31,55 +28,18 @@ from utils.serving.preprocess import ImagePreprocessor
 from utils.serving.server import EngineOptions, build_app
 
 ROOT = Path(__file__).resolve().parents[1]
-MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-
-
-def png(seed: int, size: tuple[int, int] = (20, 24)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def image_files(seeds) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("images", (f"{seed}.png", png(seed), "image/png")) for seed in seeds]
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    """A tiny DeiT whose saved confidence thresholds spread PNG uploads over the exits, saved with its processor."""
-    model, _ = spread_model("DeiT", "confidence")
-    preprocessor = ImagePreprocessor(16, MEAN, STD)
-    uploads = torch.stack([preprocessor(png(seed)) for seed in range(12)])
-    with torch.no_grad():
-        confidences = torch.stack(model(uploads, early_exit=False).exit_logits).softmax(-1).amax(-1)
-    # per exit, half of the uploads still running at it leave (the threshold halfway between two scores, so no
-    # rounding flips a decision); the last exit lets none leave
-    running, thresholds = torch.ones(len(uploads), dtype=torch.bool), []
-    for scores in confidences[:-1]:
-        ranked = scores[running].sort().values
-        middle = len(ranked) // 2
-        thresholds.append(float(ranked[middle - 1:middle + 1].mean()) if len(ranked) > 1 else 1.0)
-        running &= scores <= thresholds[-1]
-    model.config.threshold = thresholds + [1.0]
     directory = tmp_path_factory.mktemp("served")
-    model.save_pretrained(directory)
-    image_processor(16, MEAN, STD).save_pretrained(directory)
-    return directory, model
+    return directory, save_served_model(directory)
 
 
 @pytest.fixture(scope="module")
 def client(saved_model) -> TestClient:
     with TestClient(build_app(str(saved_model[0]))) as test_client:
         yield test_client
-
-
-def expected(model: torch.nn.Module, seeds) -> tuple[list[int], list[int]]:
-    """Labels and exit layers of the model's own batched early exit on the uploads, prepared as the server does."""
-    preprocessor = ImagePreprocessor(16, MEAN, STD)
-    with torch.no_grad():
-        output = model(torch.stack([preprocessor(png(seed)) for seed in seeds]))
-    return output.logits.argmax(-1).tolist(), output.exit_layer.tolist()
 
 
 def test_predict_answers_one_image_or_several_as_the_model(client, saved_model):
@@ -185,16 +145,48 @@ def test_the_server_runs_the_model_in_bfloat16_and_refuses_an_unknown_dtype(save
         build_app(str(saved_model[0]), EngineOptions(dtype="int8"))
 
 
+def test_the_server_compiles_the_segments_and_answers_as_eager(saved_model, monkeypatch):
+    """`--compile` on the served model; the `aot_eager` backend traces every segment through dynamo as inductor does,
+    without generating C++ (tests/test_compile_and_precision.py runs inductor itself)."""
+    compiled = []
+    original = EarlyExitMixin.compile_exits
+
+    def compile_exits(model, **options):
+        compiled.append(options)
+        original(model, backend="aot_eager", **options)
+
+    monkeypatch.setattr(EarlyExitMixin, "compile_exits", compile_exits)
+    seeds = list(range(12))
+    with TestClient(build_app(str(saved_model[0]), EngineOptions(compile=True))) as test_client:
+        responses = [test_client.post("/predict", files=image_files(seeds[:5])),
+                     test_client.post("/predict", files=image_files(seeds[5:]))]
+    assert compiled == [{}]
+    answers = [answer for response in responses for answer in response.json()["predictions"]]
+    labels, layers = expected(saved_model[1], seeds)
+    assert [(a["label_id"], a["exit_layer"]) for a in answers] == list(zip(labels, layers))
+
+
+def test_the_server_runs_an_onnx_export_with_the_models_answers(saved_model, tmp_path):
+    directory, model = saved_model
+    export_onnx(model, tmp_path / "export", exporter="torchscript", image_mean=MEAN, image_std=STD)
+    seeds = list(range(12))
+    with TestClient(build_app(str(tmp_path / "export"))) as test_client:
+        response = test_client.post("/predict", files=image_files(seeds))
+    assert response.status_code == 200
+    answers = response.json()["predictions"]
+    labels, layers = expected(model, seeds)
+    assert [(a["label_id"], a["exit_layer"]) for a in answers] == list(zip(labels, layers))
+    with pytest.raises(ValueError, match="serve it without --dtype and --compile"):
+        build_app(str(tmp_path / "export"), EngineOptions(dtype="float16"))
+    export_onnx(model, tmp_path / "bare", exporter="torchscript")
+    with pytest.raises(ValueError, match="has no image normalisation; export again"):
+        build_app(str(tmp_path / "bare"))
+
+
 def test_health_reports_the_engine_load(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "in_flight": 0, "max_queue": 256, "queue_depths": [0] * 7}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_command_serves_a_saved_model_and_answers_open_requests_on_sigterm(saved_model):

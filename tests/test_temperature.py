@@ -11,6 +11,7 @@ from analysis_helpers import images, tiny_model, tiny_swin
 from utils.analysis.metrics import expected_calibration_error
 from utils.analysis.sweep import CachedLogits, collect_logits
 from utils.analysis.temperature import (
+    LOG_T_LIMIT,
     check_folded,
     fit_exit_temperatures,
     fit_temperature,
@@ -62,6 +63,34 @@ def test_exit_temperatures_are_fitted_per_exit():
     labels = torch.multinomial(torch.softmax(base, -1), 1, generator=generator).squeeze(1)
     cache = CachedLogits(torch.stack([base * 0.5, base * 2.0]), base, labels, (1, 2), 3)
     assert fit_exit_temperatures(cache) == pytest.approx([0.5, 2.0], rel=0.07)
+
+
+def test_an_exit_right_on_every_fitting_image_keeps_temperature_one(caplog):
+    """With every label the strict top class the likelihood keeps rising as T shrinks: the search would end at its
+    limit (T ~ 0.02), every confidence near 1, and no threshold could then keep the exit's wrong answers from
+    leaving. Such an exit keeps T = 1, and the run says so; one wrong image makes the fit finite again."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(60, 10, generator=generator)
+    right = logits.argmax(-1)
+    assert fit_temperature(logits, right) == 1.0
+    wrong = right.clone()
+    wrong[0] = (right[0] + 1) % 10
+    assert math.exp(-LOG_T_LIMIT) * 1.01 < fit_temperature(logits, wrong) < math.exp(LOG_T_LIMIT) / 1.01
+    tied = logits.clone()
+    tied[0, (right[0] + 1) % 10] = tied[0, right[0]]  # a tie at the top is no strict answer: the fit stays finite
+    assert fit_temperature(tied, right) != 1.0
+
+    model = tiny_model(seed=2)
+    pixels = images(48, seed=3)
+    with torch.no_grad():
+        every = model(pixels, early_exit=False)
+    labels = every.exit_logits[0].argmax(-1)  # exit 0 is right on every image, the others are not
+    cache = collect_logits(model, [(pixels, labels)])
+    with caplog.at_level("WARNING"):
+        _, fit = scale_exits(model, cache, 0.25, lambda indices: collect_logits(model, [(pixels[indices],
+                                                                                          labels[indices])]), seed=4)
+    assert fit.temperatures[0] == 1.0 and all(temperature != 1.0 for temperature in fit.temperatures[1:])
+    assert "Exits [0] answered all 12 temperature-fitting images right" in caplog.text
 
 
 def test_temperatures_are_fitted_on_images_the_thresholds_never_see():

@@ -10,6 +10,7 @@ not change, only the scores the exit criteria read.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,18 +22,33 @@ from torch import nn
 from utils.analysis.metrics import expected_calibration_error
 from utils.analysis.sweep import CachedLogits
 
+logger = logging.getLogger(__name__)
+
 # log T is searched in [-LOG_T_LIMIT, LOG_T_LIMIT]: temperatures between ~0.02 and ~55.
 LOG_T_LIMIT = 4.0
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T > 0 that minimises the mean negative log-likelihood of softmax(logits / T)."""
+    """The temperature T > 0 that minimises the mean negative log-likelihood of softmax(logits / T); 1 (no scaling)
+    when every image is answered right (`fits`), where no temperature minimises it."""
+    if not fits(logits, labels):
+        return 1.0
     logits, labels = logits.double(), labels.long()
 
     def nll(log_t: float) -> float:
         return float(nn.functional.cross_entropy(logits / math.exp(log_t), labels))
 
     return math.exp(minimize_scalar(nll, bounds=(-LOG_T_LIMIT, LOG_T_LIMIT), method="bounded").x)
+
+
+def fits(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether a temperature can be fitted: with every image's label the strict top class, the likelihood keeps
+    rising as T shrinks to 0, so a fit would run to the search's limit and make the exit claim certainty on every
+    image (its confidence near 1 for wrong answers too, so no threshold could let them pass and the exit would be
+    useless to certification). Such an exit keeps T = 1."""
+    top2 = logits.topk(2, dim=-1).values
+    right = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return not bool(((right == top2[:, 0]) & (top2[:, 0] > top2[:, 1])).all())
 
 
 def temperature_samples(calibration_samples: int, fraction: float) -> int:
@@ -106,7 +122,13 @@ def scale_exits(model: nn.Module, cache: CachedLogits, fraction: float,
         raise ValueError(f"--temperature_split={fraction} sets apart {cut} of {len(cache)} calibration images; "
                          "temperatures and thresholds each need some.")
     order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed))
-    temperatures = fit_exit_temperatures(cache.select(order[:cut]))
+    fitting = cache.select(order[:cut])
+    temperatures = fit_exit_temperatures(fitting)
+    unfitted = [index for index, logits in enumerate(fitting.exit_logits) if not fits(logits, fitting.labels)]
+    if unfitted:
+        logger.warning("Exits %s answered all %d temperature-fitting images right, so no temperature fits them "
+                       "(the likelihood keeps rising as T shrinks); they keep T = 1. A larger --temperature_split "
+                       "gives them images to fit on.", unfitted, cut)
     fold_temperatures(model, temperatures)
     rest = order[cut:]
     before, after = cache.select(rest), recollect(rest.tolist())

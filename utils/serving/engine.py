@@ -146,7 +146,7 @@ class ExitEngine:
     """
 
     def __init__(self, pipeline: SegmentPipeline | WholePipeline, max_batch: int = 32, max_wait: float = 0.0,
-                 max_queue: int = 256, order: str = "deepest", observer: Observer | None = None,
+                 max_queue: int = 256, order: str = "fullest", observer: Observer | None = None,
                  max_delay: float = float("inf")):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError(f"max_batch={max_batch} and max_queue={max_queue} must be >= 1 and "
