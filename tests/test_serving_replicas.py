@@ -48,7 +48,7 @@ def running_replicas() -> int:
 def test_replicas_scale_on_queue_depth_and_answer_as_one_server(local_serve: str, tmp_path: Path):
     model = save_served_model(tmp_path)
     replicas = ReplicaOptions(min_replicas=1, max_replicas=2, target_ongoing_requests=1, cpus=0.5,
-                              look_back_period_s=1, upscale_delay_s=0)
+                              look_back_period_s=11, upscale_delay_s=0)
     options = EngineOptions(max_batch=64, max_wait=0.25)
     serve.run(replica_app(str(tmp_path), options, replicas=replicas), route_prefix="/")
     assert running_replicas() == 1
