@@ -46,13 +46,9 @@ from utils.arguments import (
     argument_files,
     parse_arguments,
 )
-from utils.data.image_dataset import ImageDataset, collate_fn
+from utils.data.image_dataset import ImageDataset, collate_fn, split_image_datasets
 from utils.data.loading import label_names, load_datasets_with_record
 from utils.data.transforms import (
-    Normalization,
-    augmentation,
-    build_transforms,
-    image_normalization,
     image_processor,
 )
 from utils.training.checkpoints import resume_checkpoint
@@ -170,14 +166,8 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
     """The Trainer over the transformed splits (training augmentation for `train`, evaluation transforms for the
     others); returns it with the image datasets by split."""
     config = model.config
-    mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
-                                    cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-                                    token=model_args.token)
-    train_transform, eval_transform = build_transforms(config.image_size, **augmentation(data_args))
-    normalization = Normalization(mean, std)
-    image_datasets = {split: ImageDataset(data, train_transform, normalization, seed=training_args.seed)
-                      if split == "train" else ImageDataset(data, eval_transform, normalization)
-                      for split, data in dataset.items()}
+    image_datasets, normalization = split_image_datasets(dataset, config.image_size, model_args, data_args,
+                                                         training_args.seed)
     trainer = ExitTrainer(
         model=model,
         args=training_args,
@@ -185,7 +175,7 @@ def build_trainer(model: PreTrainedModel, dataset: DatasetDict, flops: FlopsProf
         eval_dataset=image_datasets.get("validation") if training_args.do_eval else None,
         data_collator=collate_fn,
         compute_metrics=build_compute_metrics(config.num_blocks, flops, config.exit_positions()),
-        processing_class=image_processor(config.image_size, mean, std),
+        processing_class=image_processor(config.image_size, normalization.mean, normalization.std),
         normalization=normalization,
     )
     return trainer, image_datasets

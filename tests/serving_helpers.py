@@ -4,10 +4,15 @@ at a stage or made to fail, PNG uploads and a saved model to serve them."""
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from analysis_helpers import tiny_model, tiny_swin
@@ -20,6 +25,7 @@ from utils.serving.pipelines import StageOutput
 from utils.serving.preprocess import ImagePreprocessor
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def spread_model(backbone: str = "DeiT", criterion: str = "confidence", num_images: int = 32, seed: int = 0
@@ -106,6 +112,26 @@ def expected(model: torch.nn.Module, seeds) -> tuple[list[int], list[int]]:
     with torch.no_grad():
         output = model(torch.stack([preprocessor(png(seed)) for seed in seeds]))
     return output.logits.argmax(-1).tolist(), output.exit_layer.tolist()
+
+
+def start_server(arguments: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
+    """`python -m utils.serving ARGUMENTS` on a free port of 127.0.0.1, returned with its URL once `/health` answers
+    200; a server that ends or stays unhealthy for `timeout` seconds fails the test with its output."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "utils.serving", *arguments, "--port", str(port)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"the server did not become healthy:\n{server.communicate()[0]}")
+        time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from transformers import ViTImageProcessor
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification
 from utils.arguments import DataTrainingArguments
+from utils.data import image_dataset
 from utils.data.digits import load_digits_dataset
 from utils.data.image_dataset import ImageDataset, collate_fn
 from utils.data.loading import load_datasets, split_train_eval, standardize_columns
@@ -26,8 +27,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def record_transforms(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[v2.Compose, Normalization]]:
-    """Capture the transforms run_classification really hands to its datasets: 'train' (the seeded one) and
-    'eval'."""
+    """Capture the transforms run_classification really hands to its datasets (`split_image_datasets`): 'train' (the
+    seeded one) and 'eval'."""
     seen: dict[str, tuple[v2.Compose, Normalization]] = {}
 
     class RecordingDataset(ImageDataset):
@@ -35,7 +36,7 @@ def record_transforms(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[v2.Com
             seen["train" if seed is not None else "eval"] = (transform, normalization)
             super().__init__(data, transform, normalization, seed=seed)
 
-    monkeypatch.setattr(run_classification, "ImageDataset", RecordingDataset)
+    monkeypatch.setattr(image_dataset, "ImageDataset", RecordingDataset)
     return seen
 
 

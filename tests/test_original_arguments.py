@@ -14,6 +14,7 @@ from transformers import ViTImageProcessor
 import run_classification
 from models import DeiTHighwayConfig, DeiTHighwayForImageClassification, SwinHighwayConfig
 from utils.arguments import parse_arguments
+from utils.data import image_dataset
 from utils.data.transforms import Normalization
 from utils.training.model_setup import load_config
 
@@ -170,7 +171,7 @@ def test_image_processor_name_brings_another_normalisation_and_config_name_defer
         seen.append((mean, std))
         return Normalization(mean, std)
 
-    monkeypatch.setattr(run_classification, "Normalization", recording_normalization)
+    monkeypatch.setattr(image_dataset, "Normalization", recording_normalization)
     with caplog.at_level(logging.WARNING):
         metrics = run_classification.main(run_args(
             tmp_path / "eval", model_name_or_path=str(tmp_path / "model"), do_train=False,

@@ -3,10 +3,7 @@ when full, Prometheus metrics that parse, and a command that starts on a saved m
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import MEAN, STD, GatedPipeline, expected, free_port, image_files, png, save_served_model
+from serving_helpers import MEAN, STD, GatedPipeline, expected, image_files, png, save_served_model, start_server
 
 from models.early_exit_model import EarlyExitMixin
 from utils.export import export_onnx
@@ -26,8 +23,6 @@ from utils.serving.metrics import ServingMetrics
 from utils.serving.pipelines import segment_pipeline
 from utils.serving.preprocess import ImagePreprocessor
 from utils.serving.server import EngineOptions, build_app
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -190,21 +185,9 @@ def test_health_reports_the_engine_load(client):
 
 
 def test_the_command_serves_a_saved_model_and_answers_open_requests_on_sigterm(saved_model):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "utils.serving", "--model_dir", str(saved_model[0]),
-                               "--port", str(port), "--max_batch", "64", "--max_wait_ms", "60000"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(["--model_dir", str(saved_model[0]), "--max_batch", "64", "--max_wait_ms", "60000"],
+                               timeout=60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-                time.sleep(0.2)
         responses = {}
 
         def send(seed: int) -> None:

@@ -3,10 +3,7 @@ the target, and answers equal to one server's (the model's batched early exit) w
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +13,10 @@ import httpx
 import pytest
 import ray
 from ray import serve
-from serving_helpers import expected, free_port, image_files, save_served_model
+from serving_helpers import expected, free_port, image_files, save_served_model, start_server
 
 from utils.serving import cli
-from utils.serving.replicas import REPLICA_HEADER, ROOT, ReplicaOptions, replica_app, start_serve
+from utils.serving.replicas import REPLICA_HEADER, ReplicaOptions, replica_app, start_serve
 from utils.serving.server import EngineOptions
 
 pytestmark = pytest.mark.launches
@@ -48,22 +45,9 @@ def test_the_command_serves_replicas_and_stops_them_on_sigterm(tmp_path: Path):
     """`python -m utils.serving --replicas 1` on a Ray instance of its own: it answers as the model does, names the
     replica, and SIGTERM shuts Serve and Ray down with exit code 0. (Runs before the module's Ray instance starts.)"""
     model = save_served_model(tmp_path)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "utils.serving", "--model_dir", str(tmp_path), "--port", str(port),
-                               "--replicas", "1", "--replica_cpus", "0.5"], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(["--model_dir", str(tmp_path), "--replicas", "1", "--replica_cpus", "0.5"],
+                               timeout=120)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-            time.sleep(0.5)
         response = httpx.post(f"{url}/predict", files=image_files(range(3)), timeout=60)
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0

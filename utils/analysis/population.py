@@ -29,9 +29,8 @@ from utils.analysis.provenance import check_calibration_data
 from utils.analysis.report import ModelRuns, cache_logits
 from utils.analysis.sweep import CachedLogits
 from utils.arguments import parse_arguments
-from utils.data.image_dataset import ImageDataset
+from utils.data.image_dataset import split_image_datasets
 from utils.data.loading import label_names, load_datasets_with_record
-from utils.data.transforms import Normalization, augmentation, build_transforms, image_normalization
 from utils.training.model_setup import load_config, load_model
 
 logger = logging.getLogger(__name__)
@@ -50,13 +49,9 @@ def collect_population(run_arguments: Sequence[str]) -> tuple[CachedLogits, Flop
                          "(pass --calibration_split, and a dataset with an evaluation split).")
     model = load_model(model_args, config := load_config(model_args, label_names(dataset)))
     check_calibration_data(config.training_data, split)
-    mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
-                                    cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-                                    token=model_args.token)
-    _, eval_transform = build_transforms(config.image_size, **augmentation(data_args))
+    image_datasets, _ = split_image_datasets(dataset, config.image_size, model_args, data_args, training_args.seed)
     runs = ModelRuns(training_args.per_device_eval_batch_size)
-    caches = [cache_logits(model, ImageDataset(dataset[name], eval_transform, Normalization(mean, std)), runs)
-              for name in SPLITS]
+    caches = [cache_logits(model, image_datasets[name], runs) for name in SPLITS]
     population = CachedLogits(torch.cat([cache.exit_logits for cache in caches], dim=1),
                               torch.cat([cache.final_logits for cache in caches]),
                               torch.cat([cache.labels for cache in caches]), caches[0].exit_layers,

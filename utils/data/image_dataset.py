@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from torchcodec.decoders import decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor
 from transformers import TrainerCallback
 
-from utils.data.transforms import Normalization
+from utils.arguments import DataTrainingArguments, ModelArguments
+from utils.data.transforms import Normalization, augmentation, build_transforms, image_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,19 @@ class ImageDataset(torch.utils.data.Dataset):
             torch.manual_seed(sample_seed)
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": row["labels"]}
+
+
+def split_image_datasets(dataset: DatasetDict, image_size: int | tuple[int, int], model_args: ModelArguments,
+                         data_args: DataTrainingArguments, seed: int) -> tuple[dict[str, ImageDataset], Normalization]:
+    """Every split as model inputs: `train` with its augmentation (seeded per sample), the others with the evaluation
+    transforms, all normalised with the checkpoint's own mean and std (`image_normalization`)."""
+    mean, std = image_normalization(model_args.image_processor_name or model_args.model_name_or_path,
+                                    cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+                                    token=model_args.token)
+    train_transform, eval_transform = build_transforms(image_size, **augmentation(data_args))
+    normalization = Normalization(mean, std)
+    return {split: ImageDataset(data, train_transform, normalization, seed=seed) if split == "train"
+            else ImageDataset(data, eval_transform, normalization) for split, data in dataset.items()}, normalization
 
 
 class EpochCallback(TrainerCallback):
